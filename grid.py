@@ -1,0 +1,1368 @@
+#!/usr/bin/env python3
+"""grid.py: submit, watch and download thousands of DIRAC grid jobs, concurrently, from one process.
+
+Define jobs with DIRAC's Job API in a Python file; ``submit`` and ``Job`` are already defined there:
+
+    j = Job()
+    j.setExecutable('echo Hello World')
+    j.setName('Test job')
+    submit(j)
+
+A directory is a batch. From a fresh one:
+
+    python grid.py submit jobs.py            submit every job concurrently, then watch
+    python grid.py submit --backend local jobs.py   run the same jobs on this machine first
+    python grid.py watch                     resume watching and downloading
+    python grid.py status [--json]           the summary and one line per job
+
+Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
+Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
+
+Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors, Statuses, Jobs,
+Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
+"""
+
+# gevent first. DIRAC's DISET client does its TLS I/O inside M2Crypto's C code, which no monkey
+# patch can make cooperative: under a full patch_all() every DIRAC call would block the process.
+# So threads stay real (thread=False): DIRAC calls run in gevent's threadpool and overlap, while
+# greenlets orchestrate them and everything else (sockets, sleeps, subprocesses) cooperates.
+from gevent import monkey
+
+monkey.patch_all(thread=False)
+
+import argparse  # noqa: E402  (after monkey patching, on purpose)
+import contextlib  # noqa: E402
+import glob  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tarfile  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+import uuid  # noqa: E402
+import zlib  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterable, Iterator, Optional  # noqa: E402
+
+import gevent  # noqa: E402
+import gevent.event  # noqa: E402
+import gevent.pool  # noqa: E402
+import gevent.queue  # noqa: E402
+import plyvel  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+# ==================================================================================================
+# Constants
+# ==================================================================================================
+
+STATE_DIR = ".grid"                  # inside the batch directory: database, local jobs, temp files
+SUCCEEDED_DIR = "succeeded"          # outputs of Done jobs
+FAILED_DIR = "failed"                # outputs of every other final status
+BACKENDS = ("dirac", "local")
+DEFAULT_BACKEND = "dirac"
+DEFAULT_PARALLEL = 16                # concurrent submissions
+DOWNLOAD_PARALLEL = 8                # concurrent output downloads
+BULK_STATUS_MAX = 1000               # job ids per status call (DIRAC answers thousands cheaply)
+INTERVAL = {"dirac": 20.0, "local": 0.5}   # seconds between status sweeps
+BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
+SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
+DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
+SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
+JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+
+
+# ==================================================================================================
+# Errors
+# ==================================================================================================
+
+class GridError(Exception):
+    """A problem the user can fix: shown as one line and the fix, never as a traceback."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, fix: str = "") -> None:
+        super().__init__(message)
+        self.message, self.fix = message, fix
+
+
+class JobFileError(GridError):
+    """The job file cannot be run or submits something that is not a job; nothing is submitted."""
+
+    exit_code = EXIT_JOBFILE
+
+
+class BatchError(GridError):
+    """The batch directory has no batch, holds one already, or is in use by another command."""
+
+    exit_code = EXIT_BATCH
+
+
+class BackendError(GridError):
+    """The backend cannot be used at all (no DIRAC configuration, no proxy)."""
+
+    exit_code = EXIT_BACKEND
+
+
+class CallFailed(Exception):
+    """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+
+
+# ==================================================================================================
+# Statuses
+# ==================================================================================================
+# DIRAC's job statuses (DIRAC.WorkloadManagementSystem.Client.JobStatus), each counted in exactly
+# one column of the seed's summary line. A job that grid.py has not handed to the server yet counts
+# as Submitting.
+
+SUBMITTING, RECEIVED, CHECKING, SCOUTING, STAGING = "Submitting", "Received", "Checking", "Scouting", "Staging"
+WAITING, MATCHED, RESCHEDULED, RUNNING, STALLED = "Waiting", "Matched", "Rescheduled", "Running", "Stalled"
+COMPLETING, COMPLETED, DONE, FAILED, KILLED, DELETED = (
+    "Completing", "Completed", "Done", "Failed", "Killed", "Deleted")
+
+COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("S", (SUBMITTING,)),
+    ("R", (RECEIVED, CHECKING, SCOUTING, STAGING)),
+    ("W", (WAITING, RESCHEDULED)),
+    ("M", (MATCHED,)),
+    ("R", (RUNNING, STALLED, COMPLETING)),
+    ("D", (DONE, COMPLETED)),
+    ("F", (FAILED, KILLED, DELETED)),
+]
+COLUMN_NAMES = ("Submitted", "Received", "Waiting", "Matched", "Running", "Done", "Failed")
+COLUMN_OF = {status: i for i, (_, statuses) in enumerate(COLUMNS) for status in statuses}
+ALL_STATUSES = frozenset(COLUMN_OF)
+# DIRAC calls Completed final too, but a Completed job still moves on to Done or Failed: it is
+# watched until then, so that its output goes to the right folder.
+FINAL = frozenset({DONE, FAILED, KILLED, DELETED})
+
+
+def is_final(status: str) -> bool:
+    return status in FINAL
+
+
+def column_counts(statuses: Iterable[str]) -> list[int]:
+    """Counts per summary column; a status DIRAC adds one day lands in the Received column."""
+    counts = [0] * len(COLUMNS)
+    for status in statuses:
+        counts[COLUMN_OF.get(status, 1)] += 1
+    return counts
+
+
+def summary_line(counts: list[int]) -> str:
+    """The seed's summary line: ``S:   0<TAB>R:   0<TAB>...<TAB>F:   0``."""
+    return "\t".join(f"{letter}: {n:3d}" for (letter, _), n in zip(COLUMNS, counts))
+
+
+# ==================================================================================================
+# Jobs
+# ==================================================================================================
+
+@dataclass(slots=True)
+class Job:
+    """One job of the batch as the store keeps it; ``num`` is its local number, 1..N in file order."""
+
+    num: int
+    name: str
+    status: str = SUBMITTING
+    minor: str = ""
+    app: str = ""
+    site: str = ""
+    dirac_id: int = 0
+    ids: list = field(default_factory=list)          # every DIRAC id this job had, oldest first
+    attempts: int = 0                                # submissions made (accepted by the server)
+    history: list = field(default_factory=list)      # [status, unix time] per transition
+    output: str = ""                                 # output folder, relative to the batch, once complete
+    error: str = ""                                  # last problem with this job, for the user
+    download_tries: int = 0
+
+    FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
+              "history", "output", "error", "download_tries")
+
+    def to_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Job":
+        return cls(**{f: data[f] for f in cls.FIELDS if f in data})
+
+    @property
+    def submitted(self) -> bool:
+        return bool(self.dirac_id)
+
+    @property
+    def needs_download(self) -> bool:
+        return (self.submitted and is_final(self.status) and not self.output
+                and self.download_tries < DOWNLOAD_ATTEMPTS)
+
+    def folder_name(self) -> str:
+        """One folder per job, named by local number (unique) and a filesystem-safe job name."""
+        slug = re.sub(r"[^\w.-]+", "_", self.name).strip("._")[:48]
+        return f"{self.num:05d}_{slug}" if slug else f"{self.num:05d}"
+
+    def output_folder(self) -> str:
+        return os.path.join(SUCCEEDED_DIR if self.status == DONE else FAILED_DIR, self.folder_name())
+
+
+@dataclass(slots=True)
+class JobSpec:
+    """What is needed to submit (and resubmit) a job, taken from DIRAC's Job object once."""
+
+    name: str
+    jdl: str
+    xml: str                                   # the workflow (DIRAC's jobDescription.xml)
+    steps: list                                # [executable, arguments, log file] per setExecutable
+    input_sandbox: list                        # absolute local paths, or LFN:/SB: entries
+    output_sandbox: list
+    origin: str = ""                           # "jobs.py:12", where submit() was called
+
+    def to_bytes(self) -> bytes:
+        return zlib.compress(json.dumps({k: getattr(self, k) for k in self.__slots__}).encode(), 6)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "JobSpec":
+        return cls(**json.loads(zlib.decompress(blob)))
+
+
+@dataclass(slots=True)
+class JobState:
+    """What a backend reports about one job."""
+
+    status: str
+    minor: str = ""
+    app: str = ""
+    site: str = ""
+
+
+# ==================================================================================================
+# Store
+# ==================================================================================================
+# One LevelDB database per batch, in .grid/db. Keys: "meta" (the batch), "job/<num>" (a Job as
+# JSON), "spec/<num>" (its JobSpec, compressed). LevelDB allows one process at a time: the holder
+# writes .grid/owner, so a second command can say who holds the batch; `status` reads a snapshot
+# (hard links of the immutable tables plus copies of the log) and never needs the lock.
+
+def job_key(num: int) -> bytes:
+    return b"job/%09d" % num
+
+
+def spec_key(num: int) -> bytes:
+    return b"spec/%09d" % num
+
+
+class Store:
+    """The batch's job database; the only code that touches plyvel."""
+
+    def __init__(self, db: "plyvel.DB", state_dir: Path, owned: bool) -> None:
+        self.db, self.state_dir, self.owned = db, state_dir, owned
+
+    @classmethod
+    def open(cls, batch_dir: Path, command: str, create: bool = False) -> "Store":
+        state_dir = batch_dir / STATE_DIR
+        if not create and not (state_dir / "db").is_dir():
+            raise BatchError(f"no batch in {batch_dir}",
+                             "run `grid submit JOBFILE` here first, or cd to a batch directory")
+        try:
+            state_dir.mkdir(exist_ok=True)
+            db = plyvel.DB(str(state_dir / "db"), create_if_missing=create)
+        except PermissionError as e:
+            raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
+                             "submit from a directory you can write to") from None
+        except plyvel.IOError as e:
+            if "lock" in str(e).lower():
+                raise BatchError(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
+                                 "wait for it to finish or stop it (Ctrl-C); "
+                                 "`grid status` works meanwhile") from None
+            raise BatchError(f"cannot open the batch database: {e}",
+                             f"check the permissions of {state_dir}") from None
+        except plyvel.CorruptionError as e:
+            raise BatchError(f"the batch database is damaged: {e}",
+                             f"repair it with: python -c \"import plyvel; "
+                             f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
+        owner = {"pid": os.getpid(), "command": command, "since": time.time()}
+        atomic_write(state_dir / "owner", json.dumps(owner).encode())
+        return cls(db, state_dir, owned=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def snapshot(cls, batch_dir: Path) -> Iterator["Store"]:
+        """A read-only view of the batch as of now, even while another command holds it."""
+        source = batch_dir / STATE_DIR / "db"
+        if not source.is_dir():
+            raise BatchError(f"no batch in {batch_dir}",
+                             "run `grid submit JOBFILE` here first, or cd to a batch directory")
+        with tempfile.TemporaryDirectory(prefix="grid-snapshot-") as tmp:
+            for attempt in range(SNAPSHOT_TRIES):
+                copy = Path(tmp) / f"db{attempt}"
+                try:
+                    copy_leveldb(source, copy)
+                    db = plyvel.DB(str(copy))
+                    break
+                except (OSError, plyvel.Error):   # a compaction moved files under us: copy again
+                    shutil.rmtree(copy, ignore_errors=True)
+                    time.sleep(0.05 * (attempt + 1))
+            else:
+                raise BatchError("cannot read the batch database (it keeps changing or is damaged)",
+                                 "try again; if it persists, stop the running command and retry")
+            store = cls(db, batch_dir / STATE_DIR, owned=False)
+            try:
+                yield store
+            finally:
+                db.close()
+
+    def close(self) -> None:
+        if not self.db.closed:
+            self.db.close()
+        if self.owned:
+            with contextlib.suppress(OSError):
+                (self.state_dir / "owner").unlink()
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def meta(self) -> dict:
+        raw = self.db.get(b"meta")
+        return json.loads(raw) if raw else {}
+
+    def jobs(self) -> dict[int, Job]:
+        return {int(key[4:]): Job.from_dict(json.loads(value))
+                for key, value in self.db.iterator(prefix=b"job/")}
+
+    def spec(self, num: int) -> JobSpec:
+        return JobSpec.from_bytes(self.db.get(spec_key(num)))
+
+    # -- writing: everything that belongs together goes in one write batch -----------------------
+
+    def create_batch(self, meta: dict, jobs: list[Job], specs: list[JobSpec]) -> None:
+        with self.db.write_batch(transaction=True, sync=True) as batch:
+            batch.put(b"meta", json.dumps(meta).encode())
+            for job, spec in zip(jobs, specs):
+                batch.put(spec_key(job.num), spec.to_bytes())
+                batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
+
+    def save(self, *jobs: Job) -> None:
+        with self.db.write_batch(transaction=True, sync=True) as batch:
+            for job in jobs:
+                batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
+
+
+def copy_leveldb(source: Path, dest: Path) -> None:
+    """Copy a live LevelDB: table files never change once written, so hard links do; the rest is copied."""
+    dest.mkdir()
+    for entry in os.scandir(source):
+        if entry.name == "LOCK":
+            continue
+        target = dest / entry.name
+        if entry.name.endswith((".ldb", ".sst")):
+            try:
+                os.link(entry.path, target)
+            except OSError:
+                shutil.copy2(entry.path, target)
+        else:
+            shutil.copy2(entry.path, target)
+
+
+def describe_owner(state_dir: Path) -> str:
+    try:
+        owner = json.loads((state_dir / "owner").read_text())
+        since = time.strftime("%H:%M:%S", time.localtime(owner["since"]))
+        return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
+    except (OSError, ValueError, KeyError):
+        return "another grid command"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ==================================================================================================
+# Job files
+# ==================================================================================================
+# A job file is plain Python run with `submit` and DIRAC's `Job` defined. The whole file runs
+# before anything is submitted, so a mistake half way submits nothing.
+
+def load_job_files(paths: list[str], batch_tag: str) -> list[JobSpec]:
+    """Run the job files in order and return what they submitted, or raise JobFileError."""
+    job_class = import_dirac_job()
+    specs: list[JobSpec] = []
+    seen: set[int] = set()
+    for path in paths:
+        specs.extend(run_job_file(Path(path), job_class, batch_tag, seen))
+    if not specs:
+        raise JobFileError(f"{', '.join(paths)} submitted no job",
+                           "call submit(j) for every Job j you want to run")
+    return specs
+
+
+def run_job_file(path: Path, job_class: type, batch_tag: str, seen: set[int]) -> list[JobSpec]:
+    try:
+        source = path.read_bytes()
+    except FileNotFoundError:
+        raise JobFileError(f"{path}: no such file", "check the path of the job file") from None
+    except OSError as e:
+        raise JobFileError(f"{path}: cannot read it: {e.strerror}") from None
+    try:
+        code = compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise JobFileError(f"{path}:{e.lineno}: {e.msg} (is it a Python file?)",
+                           "fix the job file; nothing was submitted") from None
+    except ValueError as e:                          # e.g. null bytes: not a Python file
+        raise JobFileError(f"{path}: not a Python file ({e})") from None
+    specs: list[JobSpec] = []
+
+    def submit(job: Any) -> None:
+        line = sys._getframe(1).f_lineno
+        if not isinstance(job, job_class):
+            raise JobFileError(f"{path}:{line}: submit() takes a DIRAC Job, not {type(job).__name__}",
+                               "build the job with j = Job() and call submit(j)")
+        if id(job) in seen:
+            raise JobFileError(f"{path}:{line}: the same Job object is submitted twice",
+                               "create a new Job() for every job")
+        seen.add(id(job))
+        specs.append(job_spec(job, path, line, batch_tag))
+
+    namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": job_class}
+    try:
+        exec(code, namespace)
+    except JobFileError:
+        raise
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise JobFileError(f"{path}: exited with {e.code}; nothing was submitted") from None
+    except BaseException as e:                       # noqa: B902  the user's code may raise anything
+        raise JobFileError(f"{where_in(path, e)}: {type(e).__name__}: {e}",
+                           "fix the job file; nothing was submitted") from None
+    return specs
+
+
+def where_in(path: Path, error: BaseException) -> str:
+    """file:line of the deepest frame of the error inside the job file itself."""
+    line = None
+    for frame in traceback.extract_tb(error.__traceback__):
+        if frame.filename == str(path):
+            line = frame.lineno
+    return f"{path}:{line}" if line else str(path)
+
+
+def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
+    """Freeze a DIRAC Job into a JobSpec: absolute input sandbox paths, tagged with the batch."""
+    origin = f"{path}:{line}"
+    if job.errorDict:
+        problems = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in job.errorDict.items())
+        raise JobFileError(f"{origin}: DIRAC rejects this job: {problems}")
+    workflow = job.workflow
+    sandbox = workflow.findParameter("InputSandbox")
+    inputs = [resolve_sandbox_entry(entry, path, origin)
+              for entry in (sandbox.getValue().split(";") if sandbox and sandbox.getValue() else [])
+              if entry.strip()]
+    if sandbox:
+        sandbox.setValue(";".join(inputs))
+    group = workflow.findParameter("JobGroup")
+    if not group or not group.getValue():
+        job.setJobGroup(batch_tag)     # so the batch's jobs can be found on the server again
+    outputs = workflow.findParameter("OutputSandbox")
+    name_param = workflow.findParameter("JobName")
+    name = name_param.getValue() if name_param else "Name"
+    steps = []
+    for step in workflow.step_instances:
+        params = {p.getName(): p.getValue() for p in step.parameters}
+        if "executable" in params:
+            steps.append([str(params["executable"]), str(params.get("arguments") or ""),
+                          str(params.get("applicationLog") or f"Script{len(steps) + 1}_CodeOutput.log")])
+    xml = job._toXML()
+    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
+    return JobSpec(name=name, jdl=jdl, xml=xml, steps=steps, input_sandbox=inputs,
+                   output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
+                   origin=origin)
+
+
+def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
+    """Local input files are found from the current directory, then from the job file's folder."""
+    entry = entry.strip()
+    if entry.upper().startswith(("LFN:", "SB:")):
+        return entry
+    for base in (Path.cwd(), job_file.parent.resolve()):
+        candidate = (base / entry).resolve()
+        if candidate.exists():
+            return str(candidate)
+    raise JobFileError(f"{origin}: input sandbox file {entry!r} does not exist",
+                       "give a path relative to the batch directory or to the job file")
+
+
+def import_dirac_job() -> type:
+    try:
+        from DIRAC import gLogger
+        from DIRAC.Interfaces.API.Job import Job as DiracJob
+    except ImportError as e:
+        raise BackendError(f"cannot import DIRAC ({e})",
+                           "install it (pip install DIRAC) or source your DIRAC environment, "
+                           "e.g. `lb-dirac` or DIRACOS's diracosrc") from None
+    gLogger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+    return DiracJob
+
+
+# ==================================================================================================
+# Backends
+# ==================================================================================================
+# A backend does four things: submit a job, report the state of many jobs at once, fetch a job's
+# output into an empty folder, and kill jobs. Calls block; `threaded` tells the engine to run them
+# in its threadpool. Failures that may pass raise CallFailed.
+
+class Backend:
+    name = "?"
+    threaded = False
+
+    def connect(self) -> None:
+        """Check that the backend can be used at all; raise BackendError with the fix if not."""
+
+    def submit(self, spec: JobSpec, tag: str) -> int:
+        raise NotImplementedError
+
+    def status(self, ids: list[int]) -> dict[int, JobState]:
+        raise NotImplementedError
+
+    def fetch_output(self, job_id: int, dest: Path) -> None:
+        raise NotImplementedError
+
+    def kill(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+
+def tagged_jdl(jdl: str, tag: str) -> str:
+    """Add grid.py's own attribute to a JDL, so the job can be recognised on the server."""
+    text = jdl.strip()
+    attribute = f'    {JOB_TAG_ATTRIBUTE} = "{tag}";'
+    if text.endswith("]"):
+        return f"{text[:-1].rstrip()}\n{attribute}\n]"
+    return f"{text}\n{attribute}"
+
+
+class DiracBackend(Backend):
+    """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
+
+    name = "dirac"
+    threaded = True
+
+    def __init__(self) -> None:
+        self.local = threading.local()       # DIRAC's client objects are not shared between threads
+
+    def connect(self) -> None:
+        try:
+            import DIRAC
+            from DIRAC.Core.Security.ProxyInfo import getProxyInfo
+        except ImportError as e:
+            raise BackendError(f"cannot import DIRAC ({e})",
+                               "install it or source your DIRAC environment (e.g. `lb-dirac`)") from None
+        DIRAC.gLogger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+        proxy = getProxyInfo(disableVOMS=True)
+        if not proxy["OK"]:
+            raise BackendError(f"no grid proxy: {proxy['Message']}",
+                               "run `dirac-proxy-init` (LHCb: `lhcb-proxy-init`)")
+        if proxy["Value"].get("secondsLeft", 0) <= 0:
+            raise BackendError("your grid proxy has expired",
+                               "run `dirac-proxy-init` (LHCb: `lhcb-proxy-init`)")
+        try:
+            DIRAC.initialize()
+        except Exception as e:             # DIRACInitError and friends
+            raise BackendError(f"DIRAC is not configured: {e}",
+                               "run `dirac-configure`, or source your experiment's DIRAC "
+                               "environment (e.g. `lb-dirac`)") from None
+
+    def _client(self, kind: str) -> Any:
+        client = getattr(self.local, kind, None)
+        if client is None:
+            if kind == "wms":
+                from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient as cls
+            elif kind == "monitoring":
+                from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient as cls
+            elif kind == "sandbox":
+                from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient as cls
+            else:
+                from DIRAC.Interfaces.API.Dirac import Dirac as cls
+            client = cls()
+            setattr(self.local, kind, client)
+        return client
+
+    @staticmethod
+    def _value(result: dict, what: str) -> Any:
+        if not result.get("OK"):
+            raise CallFailed(f"{what}: {result.get('Message', 'unknown error')}")
+        return result["Value"]
+
+    def submit(self, spec: JobSpec, tag: str) -> int:
+        # What Dirac().submitJob does with a Job object, from the stored description instead,
+        # so that a job can be (re)submitted after a restart.
+        result = self._client("wms").submitJob(tagged_jdl(spec.jdl, tag), io.StringIO(spec.xml))
+        value = self._value(result, "submission")
+        return int(value[0] if isinstance(value, list) else value)
+
+    def status(self, ids: list[int]) -> dict[int, JobState]:
+        summary = self._value(self._client("monitoring").getJobsSummary(list(ids)), "status query")
+        states = {}
+        for key, attrs in summary.items():
+            states[int(key)] = JobState(attrs.get("Status", ""), attrs.get("MinorStatus", ""),
+                                        attrs.get("ApplicationStatus", ""), attrs.get("Site", ""))
+        for job_id in ids:                   # gone from the server: cleaned up or removed
+            states.setdefault(job_id, JobState(DELETED, "Unknown to the server"))
+        return states
+
+    def fetch_output(self, job_id: int, dest: Path) -> None:
+        from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
+        client = self._client("sandbox")
+        with tempfile.TemporaryDirectory(prefix="grid-sandbox-", dir=dest.parent) as tmp:
+            result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
+            if not result["OK"]:
+                if "No Output sandbox" in result.get("Message", ""):
+                    return                     # the job registered no output: an empty folder says so
+                raise CallFailed(f"output download: {result['Message']}")
+            for archive in result["Value"]:
+                with ZstdCompatibleTarFile(archive, mode="r") as tar:
+                    safe_extract(tar, dest)
+
+    def kill(self, ids: list[int]) -> None:
+        self._value(self._client("dirac").killJob(list(ids)), "kill")
+
+
+class LocalBackend(Backend):
+    """Runs jobs on this machine, at most one per CPU at once, passing through DIRAC's statuses.
+
+    Each job lives in .grid/local/<id>/ (its spec, its state, its scratch folder); a detached
+    runner process executes its steps, so jobs go on running, and are found again, when grid.py
+    itself is stopped or killed. There is no server: each status call also starts waiting jobs.
+    """
+
+    name = "local"
+    threaded = False
+
+    def __init__(self, batch_dir: Path, slots: Optional[int] = None) -> None:
+        self.root = batch_dir / STATE_DIR / "local"
+        self.slots = slots or os.cpu_count() or 1
+        self.children: dict[int, subprocess.Popen] = {}
+        self.running: set[int] = set()       # jobs whose runner holds a CPU slot
+
+    def connect(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _dir(self, job_id: int) -> Path:
+        return self.root / str(job_id)
+
+    def _state(self, job_id: int) -> dict:
+        try:
+            return json.loads((self._dir(job_id) / "state.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+
+    def _set_state(self, job_id: int, status: str, minor: str = "", app: str = "", **extra: Any) -> None:
+        state = {"status": status, "minor": minor, "app": app, "site": "Local", **extra}
+        atomic_write(self._dir(job_id) / "state.json", json.dumps(state).encode())
+
+    def _new_id(self) -> int:
+        """A fresh id, claimed by creating its folder (atomic, so ids are never shared)."""
+        existing = [int(p) for p in os.listdir(self.root) if p.isdigit()]
+        job_id = max(existing, default=0) + 1
+        while True:
+            try:
+                self._dir(job_id).mkdir()
+                return job_id
+            except FileExistsError:
+                job_id += 1
+
+    def submit(self, spec: JobSpec, tag: str) -> int:
+        job_id = self._new_id()
+        folder = self._dir(job_id)
+        (folder / "work").mkdir()
+        atomic_write(folder / "spec.json", json.dumps(
+            {"tag": tag, "name": spec.name, "steps": spec.steps,
+             "input_sandbox": spec.input_sandbox, "output_sandbox": spec.output_sandbox}).encode())
+        self._set_state(job_id, RECEIVED, "Job accepted")
+        return job_id
+
+    def status(self, ids: list[int]) -> dict[int, JobState]:
+        self._reap()
+        states = {}
+        for job_id in ids:
+            state = self._state(job_id)
+            if not state:
+                states[job_id] = JobState(DELETED, "Unknown to the local backend")
+                continue
+            if state["status"] == RUNNING and not self._alive(job_id, state):
+                self._set_state(job_id, FAILED, "Job stalled", "Runner process ended without a result")
+                state = self._state(job_id)
+            states[job_id] = JobState(state["status"], state.get("minor", ""), state.get("app", ""),
+                                      state.get("site", ""))
+            if state["status"] == RUNNING:
+                self.running.add(job_id)
+            else:
+                self.running.discard(job_id)
+        self._schedule(ids, states)
+        return states
+
+    def _schedule(self, ids: list[int], states: dict[int, JobState]) -> None:
+        """Received jobs become Waiting (their sandbox is staged); Waiting ones run when a CPU is free."""
+        for job_id in sorted(ids):
+            state = states[job_id]
+            if state.status == RECEIVED:
+                self._stage(job_id)
+            elif state.status == WAITING and len(self.running) < self.slots:
+                self._start(job_id)
+                self.running.add(job_id)
+            else:
+                continue
+            new = self._state(job_id)            # report the move now, not one sweep later
+            states[job_id] = JobState(new["status"], new["minor"], new["app"], new["site"])
+
+    def _stage(self, job_id: int) -> None:
+        spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
+        work = self._dir(job_id) / "work"
+        for entry in spec["input_sandbox"]:
+            if entry.upper().startswith(("LFN:", "SB:")):
+                self._set_state(job_id, FAILED, "Input Sandbox Download",
+                                f"{entry} cannot be fetched without a grid")
+                return
+            source = Path(entry)
+            try:
+                if source.is_dir():
+                    shutil.copytree(source, work / source.name, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(source, work / source.name)
+            except OSError as e:
+                self._set_state(job_id, FAILED, "Input Sandbox Download", f"{entry}: {e.strerror}")
+                return
+        self._set_state(job_id, WAITING, "Pilot Agent Submission")
+
+    def _start(self, job_id: int) -> None:
+        folder = self._dir(job_id)
+        self._set_state(job_id, RUNNING, "Job Initialization")
+        with open(folder / "runner.log", "ab") as log:
+            child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run-local", str(folder)],
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True, close_fds=True)
+        self.children[job_id] = child
+        atomic_write(folder / "pid", str(child.pid).encode())
+
+    def _reap(self) -> None:
+        for job_id, child in list(self.children.items()):
+            if child.poll() is not None:
+                del self.children[job_id]
+
+    def _alive(self, job_id: int, state: dict) -> bool:
+        if job_id in self.children:
+            return True
+        try:
+            pid = int((self._dir(job_id) / "pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            # The runner may have finished between our two reads: trust a final state if there is one.
+            return is_final(self._state(job_id).get("status", ""))
+        return str(self._dir(job_id)).encode() in cmdline
+
+    def fetch_output(self, job_id: int, dest: Path) -> None:
+        spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
+        work = self._dir(job_id) / "work"
+        wanted = set(spec["output_sandbox"]) | {"std.out", "std.err"}
+        for pattern in sorted(wanted):
+            for found in glob.glob(str(work / pattern)):
+                source = Path(found)
+                if source.resolve().is_relative_to(work.resolve()) and source.is_file():
+                    shutil.copy2(source, dest / source.relative_to(work))
+
+    def kill(self, ids: list[int]) -> None:
+        for job_id in ids:
+            state = self._state(job_id)
+            if not state or is_final(state["status"]):
+                continue
+            with contextlib.suppress(OSError, ValueError):
+                if state["status"] == RUNNING and self._alive(job_id, state):
+                    os.killpg(int((self._dir(job_id) / "pid").read_text()), signal.SIGTERM)
+            self._set_state(job_id, KILLED, "Marked for termination")
+
+
+def run_local_job(folder: Path) -> int:
+    """The runner of one local job (its own process): run each step as DIRAC's Script module would."""
+    spec = json.loads((folder / "spec.json").read_bytes())
+    work = folder / "work"
+    os.chdir(work)
+
+    def finish(status: str, minor: str, app: str) -> int:
+        state = {"status": status, "minor": minor, "app": app, "site": "Local", "ended": time.time()}
+        atomic_write(folder / "state.json", json.dumps(state).encode())
+        return 0
+
+    with open(work / "std.out", "ab") as stdout, open(work / "std.err", "ab") as stderr:
+        for executable, arguments, log_name in spec["steps"]:
+            command = local_command(executable, arguments, work)
+            name = os.path.basename(executable).split("_")[0] or executable
+            try:
+                done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
+            except OSError as e:
+                stderr.write(f"{executable}: {e.strerror}\n".encode())
+                return finish(FAILED, "Application Finished With Errors",
+                              f"'{name}' Exited With Status 127")
+            stdout.write(done.stdout)
+            stderr.write(done.stderr)
+            with open(work / log_name, "wb") as log:
+                log.write(b"<<<<<<<<<< %s Standard Output >>>>>>>>>>\n\n" % executable.encode() + done.stdout)
+                if done.stderr:
+                    log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n" % executable.encode() + done.stderr)
+            if done.returncode != 0:
+                return finish(FAILED, "Application Finished With Errors",
+                              f"'{name}' Exited With Status {done.returncode}")
+    return finish(DONE, "Execution Complete", "Job finished successfully")
+
+
+def local_command(executable: str, arguments: str, work: Path) -> list[str]:
+    """The command line DIRAC's Script module would build for this step."""
+    command = shlex.split(executable)
+    local = work / os.path.basename(command[0])
+    if local.is_file():
+        local.chmod(local.stat().st_mode | 0o755)
+        command[0] = str(local)
+    elif command[0].endswith(".py"):
+        command.insert(0, sys.executable)
+    return command + shlex.split(arguments)
+
+
+def make_backend(name: str, batch_dir: Path) -> Backend:
+    if name == "local":
+        return LocalBackend(batch_dir)
+    if name == "dirac":
+        return DiracBackend()
+    raise GridError(f"unknown backend {name!r}", f"use one of: {', '.join(BACKENDS)}")
+
+
+# ==================================================================================================
+# Downloads
+# ==================================================================================================
+# An output folder that exists is complete: outputs are fetched into .grid/tmp and renamed into
+# place in one step. An archive from a remote machine never writes outside its job's folder.
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, each inside dest; anything else is skipped."""
+    root = dest.resolve()
+    for member in tar:
+        target = (root / member.name).resolve()
+        if not target.is_relative_to(root) or target == root:
+            continue                         # absolute path or ../ escape
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+        # links, devices and fifos are not extracted: they could point outside the folder
+
+
+def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
+    """Fetch a final job's output into its folder, atomically; returns the folder (relative)."""
+    relative = job.output_folder()
+    final = batch_dir / relative
+    if final.exists():                       # renamed into place before a crash: complete
+        return relative
+    tmp_root = batch_dir / STATE_DIR / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", dir=tmp_root))
+    try:
+        backend.fetch_output(job.dirac_id, tmp)
+        final.parent.mkdir(exist_ok=True)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return relative
+
+
+def clean_partial_downloads(batch_dir: Path) -> None:
+    shutil.rmtree(batch_dir / STATE_DIR / "tmp", ignore_errors=True)
+
+
+# ==================================================================================================
+# Engine
+# ==================================================================================================
+# One engine per command. It owns every greenlet and pool: a submitter (bounded pool), a monitor
+# (one bulk status sweep every interval, only for jobs that are not final) and a downloader
+# (bounded pool). Blocking backend calls run in gevent's threadpool, so they overlap and the loop
+# stays responsive.
+
+class Engine:
+    def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
+                 parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
+                 download_parallel: int = DOWNLOAD_PARALLEL) -> None:
+        self.store, self.backend, self.display, self.batch_dir = store, backend, display, batch_dir
+        self.parallel, self.download_parallel = parallel, download_parallel
+        self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
+        self.meta = store.meta()
+        self.jobs = store.jobs()
+        self.threadpool = gevent.get_hub().threadpool
+        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
+        self.downloads: gevent.queue.Queue = gevent.queue.Queue()
+        self.submitting = 0
+        self.downloading = 0
+        self.stopping = gevent.event.Event()
+        self.finished = gevent.event.Event()
+        self.outage_since: Optional[float] = None
+        self.interrupted = False
+        self.crash: Optional[BaseException] = None
+
+    # -- calls into the backend -------------------------------------------------------------------
+
+    def call(self, fn: Callable, *args: Any) -> Any:
+        if self.backend.threaded:
+            return self.threadpool.spawn(fn, *args).get()
+        return fn(*args)
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self, watch: bool = True) -> dict[int, Job]:
+        """Submit what is not submitted yet; with watch, follow every job until final and downloaded."""
+        clean_partial_downloads(self.batch_dir)
+        self.display.summary(self.counts())
+        for job in self.jobs.values():
+            if job.needs_download:
+                self.downloads.put(job.num)
+        workers = [gevent.spawn(self.submit_all)]
+        if watch:
+            workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
+        for worker in workers:
+            worker.link_exception(self._crashed)
+        handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
+        try:
+            if watch:
+                self.finished.wait()
+            else:
+                workers[0].join()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.stopping.set()
+            gevent.joinall(workers, raise_error=False)
+        if self.crash:
+            raise self.crash
+        return self.jobs
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        self.crash = greenlet.exception
+        self.finished.set()
+
+    def stop(self) -> None:
+        """Ctrl-C: stop starting work, let submissions in flight finish and be recorded."""
+        if self.stopping.is_set():
+            self.display.message("stopping now")
+            self.finished.set()
+            return
+        self.display.message("stopping: state is kept, `grid watch` resumes "
+                             f"({self.submitting} submission(s) in flight finish first)")
+        self.interrupted = True
+        self.stopping.set()
+        self.finished.set()
+
+    def check_finished(self) -> None:
+        pending = any(not j.submitted and j.status == SUBMITTING for j in self.jobs.values())
+        active = any(j.submitted and not is_final(j.status) for j in self.jobs.values())
+        if not pending and not active and not self.submitting and not self.downloading \
+                and self.downloads.empty():
+            self.finished.set()
+
+    def counts(self) -> list[int]:
+        return column_counts(job.status for job in self.jobs.values())
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit_all(self) -> None:
+        pending = [j.num for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING]
+        pool = gevent.pool.Pool(self.parallel)
+        for num in pending:
+            if self.stopping.is_set():
+                break
+            pool.wait_available()
+            if self.stopping.is_set():
+                break
+            self.submitting += 1
+            pool.spawn(self.submit_one, self.jobs[num])
+        pool.join()           # submissions in flight are always waited for and recorded
+
+    def submit_one(self, job: Job) -> None:
+        try:
+            spec = self.store.spec(job.num)
+            for attempt in range(SUBMIT_ATTEMPTS):
+                tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
+                try:
+                    job_id = self.call(self.backend.submit, spec, tag)
+                except CallFailed as e:
+                    job.error = str(e)
+                    self.display.message(f"#{job.num} {job.name}: {e} (try {attempt + 1}/{SUBMIT_ATTEMPTS})")
+                    if self.stopping.wait(backoff(attempt)):
+                        return
+                    continue
+                self.record_submission(job, job_id)
+                return
+            self.transition(job, JobState(FAILED, "Submission failed", job.error))
+        finally:
+            self.submitting -= 1
+            self.check_finished()
+
+    def record_submission(self, job: Job, job_id: int) -> None:
+        job.dirac_id = job_id
+        job.ids.append(job_id)
+        job.attempts += 1
+        job.error = ""
+        self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
+        self.store.save(job)
+
+    # -- monitoring -------------------------------------------------------------------------------
+
+    def monitor(self) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
+            try:
+                for chunk in chunks(active, BULK_STATUS_MAX):
+                    self.apply(self.call(self.backend.status, chunk))
+            except CallFailed as e:
+                failures += 1
+                self.server_trouble(str(e))
+                self.stopping.wait(backoff(failures, self.interval))
+                continue
+            if failures:
+                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
+                failures, self.outage_since = 0, None
+            self.check_finished()
+            self.stopping.wait(self.interval)
+
+    def server_trouble(self, message: str) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
+
+    def apply(self, states: dict[int, JobState]) -> None:
+        by_id = {j.dirac_id: j for j in self.jobs.values() if j.dirac_id in states}
+        changed = []
+        for job_id, state in states.items():
+            job = by_id.get(job_id)
+            if job and (state.status, state.minor, state.app, state.site) != \
+                    (job.status, job.minor, job.app, job.site):
+                self.transition(job, state, save=False)
+                changed.append(job)
+        if changed:
+            self.store.save(*changed)
+
+    def transition(self, job: Job, state: JobState, save: bool = True) -> None:
+        old_status = job.status
+        job.minor, job.app, job.site = state.minor, state.app, state.site
+        if state.status != old_status:
+            job.status = state.status
+            job.history.append([state.status, round(time.time(), 3)])
+            self.display.transition(job, old_status)
+            self.display.summary(self.counts())
+            if is_final(job.status) and job.submitted:
+                self.downloads.put(job.num)
+        if save:
+            self.store.save(job)
+
+    # -- downloading ------------------------------------------------------------------------------
+
+    def download_all(self) -> None:
+        pool = gevent.pool.Pool(self.download_parallel)
+        while not self.stopping.is_set():
+            try:
+                num = self.downloads.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
+            pool.wait_available()
+            self.downloading += 1
+            pool.spawn(self.download_one, self.jobs[num])
+        pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
+
+    def download_one(self, job: Job) -> None:
+        try:
+            while job.needs_download and not self.stopping.is_set():
+                try:
+                    job.output = self.call(download_output, self.backend, job, self.batch_dir)
+                    job.error = ""
+                    self.display.downloaded(job)
+                except (CallFailed, OSError, tarfile.TarError) as e:
+                    job.download_tries += 1
+                    job.error = f"output download failed: {e}"
+                    self.display.message(f"#{job.num} {job.name}: {job.error} "
+                                         f"(try {job.download_tries}/{DOWNLOAD_ATTEMPTS})")
+                    if job.download_tries < DOWNLOAD_ATTEMPTS:
+                        self.stopping.wait(backoff(job.download_tries))
+                self.store.save(job)
+        finally:
+            self.downloading -= 1
+            self.check_finished()
+
+
+def backoff(attempt: int, base: float = 1.0) -> float:
+    """Exponential backoff with jitter, so that many clients do not retry in step."""
+    return min(BACKOFF_MAX, base * 2 ** min(attempt, 12)) * random.uniform(0.5, 1.0)
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def clock(when: Optional[float]) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when or time.time()))
+
+
+# ==================================================================================================
+# Display
+# ==================================================================================================
+
+class Display:
+    """The seed's output: a log line per status change and a summary line whenever counts change."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.last_summary: Optional[str] = None
+        encoding = (getattr(self.out, "encoding", None) or "").lower()
+        self.arrow = "→" if encoding.startswith("utf") else "->"
+
+    def write(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def summary(self, counts: list[int]) -> None:
+        line = summary_line(counts)
+        if line != self.last_summary:
+            self.last_summary = line
+            self.write(line)
+
+    def transition(self, job: Job, old: str) -> None:
+        minor = f" ({job.minor})" if job.minor else ""
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {job.name}: "
+                   f"{old} {self.arrow} {job.status}{minor}")
+
+    def downloaded(self, job: Job) -> None:
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {job.name}: output in {job.output}/")
+
+    def message(self, text: str) -> None:
+        self.write(f"{clock(None)} {text}")
+
+
+# ==================================================================================================
+# Commands
+# ==================================================================================================
+# Each command parses nothing and decides little: it opens the batch, hands work to the engine
+# and results to the display.
+
+def new_batch_tag(batch_dir: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", batch_dir.resolve().name)[:32] or "batch"
+    return f"grid-{slug}-{uuid.uuid4().hex[:8]}"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    if (batch_dir / STATE_DIR / "db").is_dir() and not args.dry_run:
+        raise BatchError(f"{batch_dir} already holds a batch",
+                         "resume it with `grid watch`, or submit from a new directory")
+    tag = new_batch_tag(batch_dir)
+    with contextlib.chdir(batch_dir):
+        specs = load_job_files(args.jobfiles, tag)
+    if args.dry_run:
+        print_dry_run(specs, args.backend)
+        return EXIT_OK
+    backend = make_backend(args.backend, batch_dir)
+    backend.connect()
+    store = Store.open(batch_dir, "submit", create=True)
+    try:
+        jobs = [Job(num=i, name=spec.name, history=[[SUBMITTING, round(time.time(), 3)]])
+                for i, spec in enumerate(specs, 1)]
+        meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
+                "jobfiles": [os.path.abspath(p) for p in args.jobfiles]}
+        store.create_batch(meta, jobs, specs)
+        print(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
+              f"on the {args.backend} backend", flush=True)
+        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
+        return finish(engine.run(watch=not args.no_watch), watched=not args.no_watch,
+                      stopped=engine.interrupted)
+    finally:
+        store.close()
+
+
+def print_dry_run(specs: list[JobSpec], backend: str) -> None:
+    print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
+    for num, spec in enumerate(specs, 1):
+        steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
+        inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
+        outputs = ", ".join(spec.output_sandbox) or "-"
+        print(f"#{num} {spec.name}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    store = Store.open(batch_dir, "watch")
+    try:
+        meta = store.meta()
+        backend = make_backend(meta["backend"], batch_dir)
+        backend.connect()
+        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
+        return finish(engine.run(watch=True), watched=True,
+                      stopped=engine.interrupted)
+    finally:
+        store.close()
+
+
+def finish(jobs: dict[int, Job], watched: bool, stopped: bool) -> int:
+    """The closing lines of submit/watch."""
+    if stopped:
+        return EXIT_INTERRUPTED
+    if not watched:
+        submitted = sum(1 for j in jobs.values() if j.submitted)
+        print(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`")
+        return EXIT_OK
+    done = sum(1 for j in jobs.values() if j.status == DONE)
+    missing = [j for j in jobs.values() if j.submitted and not j.output]
+    print(f"all {len(jobs)} job(s) final: {done} done, {len(jobs) - done} failed; "
+          f"outputs in {SUCCEEDED_DIR}/ and {FAILED_DIR}/")
+    for job in missing:
+        print(f"  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    with Store.snapshot(batch_dir) as store:
+        meta, jobs = store.meta(), store.jobs()
+    ordered = [jobs[n] for n in sorted(jobs)]
+    counts = column_counts(j.status for j in ordered)
+    if args.json:
+        json.dump({"batch": str(batch_dir), "tag": meta.get("tag"), "backend": meta.get("backend"),
+                   "summary": dict(zip(COLUMN_NAMES, counts)),
+                   "jobs": [status_record(j) for j in ordered]}, sys.stdout, indent=None)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    out = [summary_line(counts)]
+    for job in ordered:
+        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
+                              job.minor or "-", job.site or "-", job.output or "-"]))
+    sys.stdout.write("\n".join(out) + "\n")
+    return EXIT_OK
+
+
+def status_record(job: Job) -> dict:
+    return {"num": job.num, "id": job.dirac_id or None, "name": job.name, "status": job.status,
+            "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
+            "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
+            "history": job.history}
+
+
+def cmd_run_local(args: argparse.Namespace) -> int:
+    return run_local_job(Path(args.folder))
+
+
+# ==================================================================================================
+# main
+# ==================================================================================================
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grid", description="Submit, watch and download DIRAC grid jobs concurrently. "
+        "A directory is a batch: run the commands from it (or name it with -C).")
+    parser.add_argument("--version", action="version", version=f"grid.py {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("-C", dest="batch", default=".", metavar="DIR",
+                        help="the batch directory (default: the current directory)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    submit = commands.add_parser(
+        "submit", help="run job files, submit every job, then watch",
+        description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
+        "job concurrently and watch them. The whole of every file runs before anything is submitted.")
+    submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
+    submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="where the jobs run: the DIRAC WMS, or this machine (default: %(default)s)")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="run the job files and show what would be submitted; submit nothing")
+    submit.add_argument("--no-watch", action="store_true", help="return once every job is submitted")
+    add_engine_options(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    watch = commands.add_parser(
+        "watch", help="resume watching and downloading",
+        description="Follow the batch's jobs, log every status change, download outputs of final jobs "
+        "into succeeded/ and failed/; submit jobs a stopped `submit` left. Returns when every job is "
+        "final and every output is downloaded. Ctrl-C stops; state is kept.")
+    add_engine_options(watch)
+    watch.set_defaults(func=cmd_watch)
+
+    status = commands.add_parser(
+        "status", help="summary and one line per job",
+        description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
+        "status, site, output folder. Works while `watch` runs; does not contact the server.")
+    status.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    status.set_defaults(func=cmd_status)
+
+    run_local = commands.add_parser("_run-local")     # the local backend's runner; not for users
+    run_local.add_argument("folder")
+    run_local.set_defaults(func=cmd_run_local)
+    return parser
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parallel", type=positive_int, default=DEFAULT_PARALLEL, metavar="N",
+                        help="submissions at once (default: %(default)s)")
+    parser.add_argument("--interval", type=positive_float, default=None, metavar="SECONDS",
+                        help="seconds between status sweeps (default: "
+                        + ", ".join(f"{k} {v:g}" for k, v in INTERVAL.items()) + ")")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except GridError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"grid: error: {e.message}", file=sys.stderr)
+        if e.fix:
+            print(f"grid: fix: {e.fix}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("grid: interrupted; state is kept, `grid watch` resumes", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

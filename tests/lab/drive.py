@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""Drive lab jobs to Done (or Failed) without a JobAgent, through the lab's real DIRAC services.
+
+For each job this does what a pilot's job wrapper would report, as the job owner (the user proxy):
+  1. uploads an output sandbox (by default std.out saying which job it is) assigned to the job
+     (SandboxStoreClient.uploadFilesAsSandbox, assignTo={"Job:<id>": "Output"});
+  2. one JobStateUpdate.setJobStatusBulk call: Matched -> Running -> Completing -> Done|Failed,
+     with time stamps, so JobLoggingDB holds the whole history.
+Jobs are first waited for until the optimizers have made them Waiting. Only Waiting jobs are driven;
+others are reported as errors. Meant for when the lab's JobAgent is stopped (it would match jobs too).
+
+Run it inside the lab's network namespace with the lab's client environment:
+    bash tests/lab/lab.sh run python tests/lab/drive.py [--status Failed] [--file NAME=TEXT] JOBID... | -
+The last line of output is "RESULT {json}" with {"ok": [...], "errors": {id: msg}, "seconds": s}.
+
+As a module (in a process that runs inside the netns with the client environment):
+    from drive import drive_jobs
+    drive_jobs([1, 2, 3], status="Done", files={"std.out": "job {job_id}\\n"})
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+DEFAULT_FILES = {"std.out": "job {job_id} {status} (driven by drive.py)\n"}
+MINOR = {"Done": "Execution Complete", "Failed": "Application Finished With Errors"}
+_initialised = False
+
+
+def _init():
+    global _initialised
+    if not _initialised:
+        import DIRAC
+
+        DIRAC.initialize()
+        _initialised = True
+
+
+def wait_until_optimised(job_ids, timeout=60.0):
+    """Wait until no job is Received/Checking any more; return {job_id: status}."""
+    _init()
+    from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
+
+    monitor = JobMonitoringClient()
+    end = time.monotonic() + timeout
+    while True:
+        statuses = {}
+        for i in range(0, len(job_ids), 1000):
+            res = monitor.getJobsStatus(job_ids[i : i + 1000])
+            if not res["OK"]:
+                raise RuntimeError(f"getJobsStatus: {res['Message']}")
+            statuses.update({int(k): v["Status"] for k, v in res["Value"].items()})
+        pending = [j for j in job_ids if statuses.get(j) in (None, "Received", "Checking")]
+        if not pending or time.monotonic() > end:
+            return statuses
+        time.sleep(0.3)
+
+
+def _stamps(n):
+    t0 = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    return [(t0 + datetime.timedelta(milliseconds=10 * i)).strftime("%Y-%m-%d %H:%M:%S.%f") for i in range(n)]
+
+
+def _drive_one(job_id, status, files, workdir, source):
+    from DIRAC.WorkloadManagementSystem.Client.JobStateUpdateClient import JobStateUpdateClient
+    from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
+
+    contents = files(job_id) if callable(files) else files
+    if contents:
+        jobdir = os.path.join(workdir, str(job_id))
+        os.makedirs(jobdir, exist_ok=True)
+        paths = []
+        for name, text in contents.items():
+            path = os.path.join(jobdir, name)
+            data = text.format(job_id=job_id, status=status) if isinstance(text, str) else text
+            with open(path, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            paths.append(path)
+        res = SandboxStoreClient().uploadFilesAsSandbox(paths, assignTo={f"Job:{job_id}": "Output"})
+        if not res["OK"]:
+            return f"output sandbox upload: {res['Message']}"
+    chain = [
+        ("Matched", "Assigned", ""),
+        ("Running", "Job Initialization", ""),
+        ("Running", "Application", "Running"),
+        ("Completing", "Uploading Output Sandbox", ""),
+        (status, MINOR[status], "Finished" if status == "Done" else "Failed"),
+    ]
+    bulk = {}
+    for stamp, (st, minor, app) in zip(_stamps(len(chain)), chain):
+        bulk[stamp] = {"Status": st, "MinorStatus": minor, "Source": source}
+        if app:
+            bulk[stamp]["ApplicationStatus"] = app
+    res = JobStateUpdateClient().setJobStatusBulk(job_id, bulk, False)
+    if not res["OK"]:
+        return f"setJobStatusBulk: {res['Message']}"
+    return None
+
+
+def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source="drive.py"):
+    """Drive the given Waiting jobs to `status` ("Done" or "Failed") with an output sandbox.
+
+    files: {name: text} for the output sandbox (text may use {job_id} and {status}), or a callable
+    job_id -> {name: text|bytes}; None = DEFAULT_FILES; {} = no output sandbox.
+    Returns {"ok": [job ids driven], "errors": {job_id: message}, "seconds": elapsed}.
+    """
+    if status not in MINOR:
+        raise ValueError(f"status must be one of {sorted(MINOR)}")
+    t0 = time.monotonic()
+    job_ids = [int(j) for j in job_ids]
+    _init()
+    statuses = wait_until_optimised(job_ids, timeout=wait)
+    errors = {j: f"job is {statuses.get(j)}, not Waiting" for j in job_ids if statuses.get(j) != "Waiting"}
+    todo = [j for j in job_ids if j not in errors]
+    files = DEFAULT_FILES if files is None else files
+    ok = []
+    with tempfile.TemporaryDirectory(prefix="drive.") as workdir:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
+            for job_id, err in zip(todo, pool.map(lambda j: _drive_one(j, status, files, workdir, source), todo)):
+                if err:
+                    errors[job_id] = err
+                else:
+                    ok.append(job_id)
+    return {"ok": ok, "errors": errors, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("job_ids", nargs="+", help="DIRAC job IDs, or - to read them from stdin")
+    p.add_argument("--status", default="Done", choices=sorted(MINOR))
+    p.add_argument("--file", action="append", default=[], metavar="NAME=TEXT",
+                   help="output sandbox file (repeatable; TEXT may use {job_id} {status}); default std.out")
+    p.add_argument("--no-sandbox", action="store_true", help="upload no output sandbox")
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the optimizers (default 60)")
+    a = p.parse_args(argv)
+    ids = sys.stdin.read().split() if a.job_ids == ["-"] else a.job_ids
+    files = {} if a.no_sandbox else (dict(f.split("=", 1) for f in a.file) if a.file else None)
+    res = drive_jobs([int(i) for i in ids], status=a.status, files=files, workers=a.workers, wait=a.wait)
+    print(f"drove {len(res['ok'])} job(s) to {a.status} in {res['seconds']} s; {len(res['errors'])} error(s)",
+          file=sys.stderr)
+    print("RESULT " + json.dumps(res), flush=True)
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

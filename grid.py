@@ -287,10 +287,10 @@ class Store:
                 raise BatchError(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
                                  "wait for it to finish or stop it (Ctrl-C); "
                                  "`grid status` works meanwhile") from None
-            raise BatchError(f"cannot open the batch database: {e}",
+            raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
                              f"check the permissions of {state_dir}") from None
         except plyvel.CorruptionError as e:
-            raise BatchError(f"the batch database is damaged: {e}",
+            raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
                              f"repair it with: python -c \"import plyvel; "
                              f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
@@ -353,8 +353,9 @@ class Store:
                 batch.put(spec_key(job.num), spec.to_bytes())
                 batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
 
-    def save(self, *jobs: Job) -> None:
-        with self.db.write_batch(transaction=True, sync=True) as batch:
+    def save(self, *jobs: Job, sync: bool = False) -> None:
+        """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
+        with self.db.write_batch(transaction=True, sync=sync) as batch:
             for job in jobs:
                 batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
 
@@ -373,6 +374,11 @@ def copy_leveldb(source: Path, dest: Path) -> None:
                 shutil.copy2(entry.path, target)
         else:
             shutil.copy2(entry.path, target)
+
+
+def plyvel_message(error: Exception) -> str:
+    text = error.args[0] if error.args else str(error)
+    return text.decode(errors="replace") if isinstance(text, bytes) else str(text)
 
 
 def describe_owner(state_dir: Path) -> str:
@@ -404,16 +410,15 @@ def load_job_files(paths: list[str], batch_tag: str) -> list[JobSpec]:
     """Run the job files in order and return what they submitted, or raise JobFileError."""
     job_class = import_dirac_job()
     specs: list[JobSpec] = []
-    seen: set[int] = set()
     for path in paths:
-        specs.extend(run_job_file(Path(path), job_class, batch_tag, seen))
+        specs.extend(run_job_file(Path(path), job_class, batch_tag))
     if not specs:
         raise JobFileError(f"{', '.join(paths)} submitted no job",
                            "call submit(j) for every Job j you want to run")
     return specs
 
 
-def run_job_file(path: Path, job_class: type, batch_tag: str, seen: set[int]) -> list[JobSpec]:
+def run_job_file(path: Path, job_class: type, batch_tag: str) -> list[JobSpec]:
     try:
         source = path.read_bytes()
     except FileNotFoundError:
@@ -434,10 +439,10 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, seen: set[int]) ->
         if not isinstance(job, job_class):
             raise JobFileError(f"{path}:{line}: submit() takes a DIRAC Job, not {type(job).__name__}",
                                "build the job with j = Job() and call submit(j)")
-        if id(job) in seen:
+        if getattr(job, "_grid_submitted", False):
             raise JobFileError(f"{path}:{line}: the same Job object is submitted twice",
                                "create a new Job() for every job")
-        seen.add(id(job))
+        job._grid_submitted = True          # marks the object without keeping it alive
         specs.append(job_spec(job, path, line, batch_tag))
 
     namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": job_class}
@@ -778,7 +783,7 @@ class LocalBackend(Backend):
     def fetch_output(self, job_id: int, dest: Path) -> None:
         spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
         work = self._dir(job_id) / "work"
-        wanted = set(spec["output_sandbox"]) | {"std.out", "std.err"}
+        wanted = set(spec["output_sandbox"]) | {"std.out", "std.err"} | {step[2] for step in spec["steps"]}
         for pattern in sorted(wanted):
             for found in glob.glob(str(work / pattern)):
                 source = Path(found)
@@ -1025,7 +1030,7 @@ class Engine:
         job.attempts += 1
         job.error = ""
         self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
-        self.store.save(job)
+        self.store.save(job, sync=True)
 
     # -- monitoring -------------------------------------------------------------------------------
 
@@ -1182,6 +1187,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_dry_run(specs, args.backend)
         return EXIT_OK
+    ensure_writable(batch_dir)
     backend = make_backend(args.backend, batch_dir)
     backend.connect()
     store = Store.open(batch_dir, "submit", create=True)
@@ -1198,6 +1204,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
                       stopped=engine.interrupted)
     finally:
         store.close()
+
+
+def ensure_writable(batch_dir: Path) -> None:
+    """Fail before anything is submitted if the batch's state cannot be kept."""
+    try:
+        (batch_dir / STATE_DIR).mkdir(exist_ok=True)
+        atomic_write(batch_dir / STATE_DIR / "probe", b"")
+        (batch_dir / STATE_DIR / "probe").unlink()
+    except OSError as e:
+        raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
+                         "submit from a directory you can write to") from None
 
 
 def print_dry_run(specs: list[JobSpec], backend: str) -> None:
@@ -1356,6 +1373,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if e.fix:
             print(f"grid: fix: {e.fix}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:                 # disk full, permissions: the system's words, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"grid: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("grid: interrupted; state is kept, `grid watch` resumes", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -1,0 +1,38 @@
+"""The dirac backend against DIRAC's real client classes (no server needed for these)."""
+import grid
+from conftest import EXAMPLES
+
+
+def test_no_proxy_is_one_line_with_the_command_to_run(run_grid, batch, tmp_path):
+    env = {"X509_USER_PROXY": str(tmp_path / "no-proxy.pem"), "HOME": str(tmp_path)}
+    result = run_grid("submit", EXAMPLES / "hello.py", env=env)
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.startswith("grid: error: no grid proxy")
+    assert "dirac-proxy-init" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (batch / ".grid" / "db").exists()          # nothing submitted, no batch made
+
+
+def test_status_and_help_do_not_import_dirac(run_grid, batch):
+    probe = ("import sys, runpy; sys.argv = ['grid', '--help']\n"
+             "try:\n    runpy.run_path({grid!r}, run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('DIRAC' in sys.modules)\n").format(grid=str(EXAMPLES.parent / "grid.py"))
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=batch)
+    assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+    assert run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py").returncode == 0
+    probe = probe.replace("'--help'", "'status'")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=batch)
+    assert "#1\t" in out.stdout and out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+def test_tagged_jdl_is_accepted_by_diracs_own_parser():
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+    [spec] = grid.load_job_files([str(EXAMPLES / "fail.py")], "grid-b-1")
+    classad = ClassAd("[" + grid.tagged_jdl(spec.jdl, "grid-b-1.1.2") + "]")
+    assert classad.isOK()
+    assert classad.getAttributeString("GridPyJob") == "grid-b-1.1.2"
+    assert classad.getAttributeString("Executable") == "dirac-jobexec"
+    assert "std.out" in classad.getListFromExpression("OutputSandbox")

@@ -1,0 +1,162 @@
+"""The engine with a scripted backend: bulk polling of active jobs only, retries, bounded failures."""
+import io
+from pathlib import Path
+
+import gevent
+import pytest
+
+import grid
+
+PATH = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING]
+
+
+class ScriptedBackend(grid.Backend):
+    """Accepts every job; each status call moves each asked job one step towards its end status."""
+
+    name = "scripted"
+
+    def __init__(self, end=lambda job_id: grid.DONE, submit_failures=0, status_failures=0,
+                 fetch_failures=lambda job_id: 0):
+        self.end, self.submit_failures, self.status_failures = end, submit_failures, status_failures
+        self.fetch_failures = fetch_failures
+        self.next_id, self.step, self.status_calls, self.fetches = 1000, {}, [], {}
+        self.submitted = []
+        self.final, self.asked_after_final = set(), set()
+
+    def submit(self, spec, tag):
+        if self.submit_failures:
+            self.submit_failures -= 1
+            raise grid.CallFailed("JobManager unreachable")
+        self.next_id += 1
+        self.step[self.next_id] = 0
+        self.submitted.append(tag)
+        return self.next_id
+
+    def status(self, ids):
+        self.status_calls.append(list(ids))
+        if self.status_failures:
+            self.status_failures -= 1
+            raise grid.CallFailed("connection refused")
+        self.asked_after_final |= self.final & set(ids)
+        states = {}
+        for job_id in ids:
+            self.step[job_id] += 1
+            step = self.step[job_id]
+            states[job_id] = grid.JobState(PATH[step] if step < len(PATH) else self.end(job_id), "minor")
+            if grid.is_final(states[job_id].status):
+                self.final.add(job_id)
+        return states
+
+    def fetch_output(self, job_id, dest: Path):
+        self.fetches[job_id] = self.fetches.get(job_id, 0) + 1
+        if self.fetches[job_id] <= self.fetch_failures(job_id):
+            raise grid.CallFailed("sandbox store down")
+        (dest / "std.out").write_text(f"output of {job_id}\n")
+
+
+def make_engine(batch: Path, n: int, backend: grid.Backend, **kw) -> grid.Engine:
+    store = grid.Store.open(batch, "submit", create=True)
+    jobs = [grid.Job(num=i, name=f"job-{i}") for i in range(1, n + 1)]
+    specs = [grid.JobSpec(name=j.name, jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
+             for j in jobs]
+    store.create_batch({"tag": "grid-test", "backend": "scripted"}, jobs, specs)
+    return grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
+                       interval=kw.pop("interval", 0.001), **kw)
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch):
+    monkeypatch.setattr(grid, "backoff", lambda attempt, base=1.0: 0.001)
+
+
+def test_every_job_is_submitted_once_and_ends_downloaded(batch):
+    backend = ScriptedBackend(end=lambda i: grid.FAILED if i % 10 == 0 else grid.DONE)
+    engine = make_engine(batch, 50, backend)
+    jobs = engine.run()
+    engine.store.close()
+    assert sorted(backend.submitted) == sorted(f"grid-test.{n}.1" for n in range(1, 51))
+    assert all(grid.is_final(j.status) and j.output for j in jobs.values())
+    assert len(list((batch / "succeeded").iterdir())) == 45
+    assert len(list((batch / "failed").iterdir())) == 5
+    assert all(count == 1 for count in backend.fetches.values())
+
+
+def test_status_calls_ask_only_active_jobs_in_chunks_of_at_most_1000(batch):
+    backend = ScriptedBackend()
+    engine = make_engine(batch, 2500, backend, parallel=64)
+    engine.run()
+    engine.store.close()
+    assert max(len(call) for call in backend.status_calls) <= grid.BULK_STATUS_MAX
+    assert backend.asked_after_final == set()        # a final job is never asked about again
+    polled = {}
+    for call in backend.status_calls:
+        for job_id in call:
+            polled[job_id] = polled.get(job_id, 0) + 1
+    assert set(polled.values()) == {len(PATH)}       # Received, Waiting, Matched, Running, then final
+
+
+def test_no_status_call_when_nothing_is_active(batch):
+    backend = ScriptedBackend()
+    engine = make_engine(batch, 5, backend)
+    engine.run()
+    calls = len(backend.status_calls)
+    engine = grid.Engine(engine.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
+    engine.run()
+    engine.store.close()
+    assert len(backend.status_calls) == calls
+
+
+def test_server_outage_is_one_line_and_watch_recovers(batch):
+    backend = ScriptedBackend(status_failures=5)
+    engine = make_engine(batch, 3, backend)
+    out = engine.display.out
+    jobs = engine.run()
+    engine.store.close()
+    text = out.getvalue()
+    assert text.count("server unreachable since") == 1
+    assert "server reachable again" in text
+    assert all(j.status == grid.DONE for j in jobs.values())
+
+
+def test_submission_is_retried_after_errors(batch):
+    backend = ScriptedBackend(submit_failures=3)
+    engine = make_engine(batch, 2, backend, parallel=1)
+    jobs = engine.run()
+    engine.store.close()
+    assert all(j.attempts == 1 and j.status == grid.DONE for j in jobs.values())
+
+
+def test_one_bad_download_does_not_stop_the_others_and_is_reported(batch):
+    backend = ScriptedBackend(fetch_failures=lambda i: 99 if i == 1001 else 0)
+    engine = make_engine(batch, 4, backend)
+    jobs = engine.run()
+    engine.store.close()
+    bad = jobs[1]
+    assert bad.output == "" and "sandbox store down" in bad.error
+    assert bad.download_tries == grid.DOWNLOAD_ATTEMPTS
+    assert all(j.output for j in list(jobs.values())[1:])
+
+
+def test_the_loop_stays_responsive_while_threaded_calls_block(batch):
+    """Backend calls marked threaded run in gevent's threadpool: greenlets keep running meanwhile."""
+    import time
+
+    class Slow(ScriptedBackend):
+        threaded = True
+
+        def submit(self, spec, tag):
+            time.sleep(0.2)           # real blocking sleep (threads are not patched)
+            return super().submit(spec, tag)
+
+    backend = Slow()
+    engine = make_engine(batch, 16, backend, parallel=16)
+    ticks = []
+    ticker = gevent.spawn(lambda: [ticks.append(time.monotonic()) or gevent.sleep(0.01) for _ in range(1000)])
+    start = time.monotonic()
+    engine.run(watch=False)
+    elapsed = time.monotonic() - start
+    ticker.kill()
+    engine.store.close()
+    assert elapsed < 16 * 0.2 / 3                   # the 16 submissions overlapped
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert max(gaps) < 0.15                          # and the loop never stalled for a whole call

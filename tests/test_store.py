@@ -1,0 +1,123 @@
+"""The store: reopens, says who holds it, reads while held, survives SIGKILL mid-write."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import grid
+from conftest import ROOT
+
+HOLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+import grid
+from pathlib import Path
+store = grid.Store.open(Path({batch!r}), "watch")
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def make_batch(batch: Path, n: int = 3) -> None:
+    store = grid.Store.open(batch, "submit", create=True)
+    jobs = [grid.Job(num=i, name=f"job-{i}") for i in range(1, n + 1)]
+    specs = [grid.JobSpec(name=j.name, jdl="", xml="", steps=[], input_sandbox=[], output_sandbox=[])
+             for j in jobs]
+    store.create_batch({"tag": "t", "backend": "local"}, jobs, specs)
+    store.close()
+
+
+def test_reopen_keeps_jobs_and_specs(batch):
+    make_batch(batch)
+    store = grid.Store.open(batch, "watch")
+    jobs = store.jobs()
+    jobs[2].status, jobs[2].dirac_id = "Running", 42
+    store.save(jobs[2])
+    store.close()
+    store = grid.Store.open(batch, "watch")
+    assert [j.name for j in store.jobs().values()] == ["job-1", "job-2", "job-3"]
+    assert store.jobs()[2].dirac_id == 42 and store.spec(3).name == "job-3"
+    store.close()
+
+
+def test_directory_without_batch_is_a_clear_error(run_grid):
+    for command in ("watch", "status"):
+        result = run_grid(command)
+        assert result.returncode == 4
+        assert result.stderr.startswith("grid: error: no batch in ")
+        assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def held_batch(batch):
+    make_batch(batch)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT), batch=str(batch))],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    yield batch, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_second_process_is_told_who_holds_the_batch(held_batch, run_grid):
+    batch, holder = held_batch
+    result = run_grid("watch")
+    assert result.returncode == 4
+    assert f"in use by `grid watch` (pid {holder.pid}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_works_while_another_command_holds_the_batch(held_batch, run_grid):
+    result = run_grid("status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [j["name"] for j in json.loads(result.stdout)["jobs"]] == ["job-1", "job-2", "job-3"]
+
+
+WRITER = """
+import sys
+sys.path.insert(0, {root!r})
+import grid
+from pathlib import Path
+store = grid.Store.open(Path({batch!r}), "watch")
+jobs = list(store.jobs().values())
+round = 0
+while True:
+    round += 1
+    for job in jobs:
+        job.attempts = round
+    store.save(*jobs)
+    if round == 1:
+        print("writing", flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.2, 0.5])
+def test_a_write_batch_cut_by_sigkill_leaves_a_consistent_store(batch, delay):
+    make_batch(batch, n=200)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT), batch=str(batch))],
+                              stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "writing"
+    time.sleep(delay)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    store = grid.Store.open(batch, "watch")      # the lock of the killed process is gone
+    rounds = {job.attempts for job in store.jobs().values()}
+    store.close()
+    assert len(rounds) == 1 and rounds.pop() >= 1   # all 200 jobs from the same write batch
+
+
+def test_a_damaged_database_is_an_error_with_the_repair_command(batch, run_grid):
+    make_batch(batch)
+    db = batch / ".grid" / "db"
+    for manifest in db.glob("MANIFEST-*"):
+        manifest.write_bytes(b"garbage" * 10)
+    result = run_grid("watch")
+    assert result.returncode == 4
+    assert "the batch database is damaged: Corruption" in result.stderr
+    assert "plyvel.repair_db(" in result.stderr
+    assert "Traceback" not in result.stderr

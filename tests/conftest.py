@@ -1,4 +1,4 @@
-"""Shared helpers: run grid.py as a user would (a subprocess in a batch directory)."""
+"""Fixtures shared by every tier: a batch directory and a way to run grid.py in it as a user would."""
 import os
 import subprocess
 import sys
@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-GRID = ROOT / "grid.py"
-EXAMPLES = ROOT / "examples"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # helpers.py, from any tests/ folder
+from helpers import ROOT, grid_cmd  # noqa: E402
 
-
-def grid_cmd(*args: str) -> list:
-    return [sys.executable, str(GRID), *map(str, args)]
+sys.path.insert(0, str(ROOT))                                      # grid.py itself
 
 
 @pytest.fixture
@@ -28,13 +24,8 @@ def batch(tmp_path: Path) -> Path:
 def run_grid(batch: Path):
     """Run `grid ARGS` in the batch directory; returns the CompletedProcess (text)."""
 
-    def run(*args: str, cwd: Path = None, timeout: float = 120, env: dict = None) -> subprocess.CompletedProcess:
+    def run(*args, cwd: Path = None, timeout: float = 120, env: dict = None) -> subprocess.CompletedProcess:
         return subprocess.run(grid_cmd(*args), cwd=cwd or batch, capture_output=True, text=True,
                               timeout=timeout, env={**os.environ, **(env or {})})
 
     return run
-
-
-def write(path: Path, text: str) -> Path:
-    path.write_text(text)
-    return path

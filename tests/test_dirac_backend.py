@@ -1,6 +1,6 @@
 """The dirac backend against DIRAC's real client classes (no server needed for these)."""
 import grid
-from conftest import EXAMPLES
+from helpers import EXAMPLES
 
 
 def test_no_proxy_is_one_line_with_the_command_to_run(run_grid, batch, tmp_path):

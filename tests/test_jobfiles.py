@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, write
+from helpers import EXAMPLES, write
 
 
 def assert_one_line_error(result, *fragments):

@@ -5,7 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import EXAMPLES, grid_cmd
+from helpers import EXAMPLES, grid_cmd
 
 EXAMPLE_FILES = [EXAMPLES / "hello.py", EXAMPLES / "many.py", EXAMPLES / "fail.py"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from conftest import ROOT
+from helpers import ROOT
 
 HOLD = """
 import sys, time

@@ -189,9 +189,10 @@ class Job:
     output: str = ""                                 # output folder, relative to the batch, once complete
     error: str = ""                                  # last problem with this job, for the user
     download_tries: int = 0
+    intent: str = ""                                 # tag of a submission that may have reached the server
 
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries")
+              "history", "output", "error", "download_tries", "intent")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -545,11 +546,19 @@ class Backend:
     def status(self, ids: list[int]) -> dict[int, JobState]:
         raise NotImplementedError
 
+    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
+        """The ids of jobs the server accepted with these tags: {tag: id}."""
+        raise NotImplementedError
+
     def fetch_output(self, job_id: int, dest: Path) -> None:
         raise NotImplementedError
 
     def kill(self, ids: list[int]) -> None:
         raise NotImplementedError
+
+
+TAG_PATTERN = re.compile(JOB_TAG_ATTRIBUTE + r'\s*=\s*"([^"]+)"')
+GROUP_PATTERN = re.compile(r'^\s*JobGroup\s*=\s*"?([^";]+)"?\s*;', re.MULTILINE)
 
 
 def tagged_jdl(jdl: str, tag: str) -> str:
@@ -630,6 +639,19 @@ class DiracBackend(Backend):
             states.setdefault(job_id, JobState(DELETED, "Unknown to the server"))
         return states
 
+    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
+        # The batch's jobs share a JobGroup; only jobs we do not know yet need their JDL read.
+        monitoring, wanted, found = self._client("monitoring"), set(tags), {}
+        for group in groups:
+            for job_id in map(int, self._value(monitoring.getJobs({"JobGroup": group}), "job search")):
+                if job_id in known:
+                    continue
+                jdl = self._value(monitoring.getJobJDL(job_id, True), "job description")
+                match = TAG_PATTERN.search(jdl)
+                if match and match.group(1) in wanted:
+                    found.setdefault(match.group(1), job_id)
+        return found
+
     def fetch_output(self, job_id: int, dest: Path) -> None:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
         client = self._client("sandbox")
@@ -695,11 +717,25 @@ class LocalBackend(Backend):
         job_id = self._new_id()
         folder = self._dir(job_id)
         (folder / "work").mkdir()
+        self._set_state(job_id, RECEIVED, "Job accepted")
+        # The job exists once spec.json does (written last, atomically): find() goes by it.
         atomic_write(folder / "spec.json", json.dumps(
             {"tag": tag, "name": spec.name, "steps": spec.steps,
              "input_sandbox": spec.input_sandbox, "output_sandbox": spec.output_sandbox}).encode())
-        self._set_state(job_id, RECEIVED, "Job accepted")
         return job_id
+
+    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
+        wanted, found = set(tags), {}
+        for entry in sorted(os.listdir(self.root), key=lambda e: int(e) if e.isdigit() else 0):
+            if not entry.isdigit() or int(entry) in known:
+                continue
+            try:
+                tag = json.loads((self.root / entry / "spec.json").read_bytes())["tag"]
+            except (OSError, ValueError, KeyError):
+                continue          # a submission cut before its spec was written: never accepted
+            if tag in wanted:
+                found.setdefault(tag, int(entry))
+        return found
 
     def status(self, ids: list[int]) -> dict[int, JobState]:
         self._reap()
@@ -992,6 +1028,7 @@ class Engine:
     # -- submitting -------------------------------------------------------------------------------
 
     def submit_all(self) -> None:
+        self.reconcile()
         pending = [j.num for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING]
         pool = gevent.pool.Pool(self.parallel)
         for num in pending:
@@ -1001,8 +1038,33 @@ class Engine:
             if self.stopping.is_set():
                 break
             self.submitting += 1
-            pool.spawn(self.submit_one, self.jobs[num])
+            pool.spawn(self.submit_one, self.jobs[num]).link_exception(self._crashed)
         pool.join()           # submissions in flight are always waited for and recorded
+
+    def reconcile(self) -> None:
+        """After a crash, adopt the jobs the server accepted before their ids were stored."""
+        in_doubt = {job.intent: job for job in self.jobs.values() if job.intent and not job.submitted}
+        failures = 0
+        while in_doubt and not self.stopping.is_set():
+            try:
+                found = self.find(list(in_doubt.values()))
+                break
+            except CallFailed as e:
+                failures += 1
+                self.server_trouble(str(e))
+                self.stopping.wait(backoff(failures, self.interval))
+        else:
+            return
+        for tag, job_id in found.items():
+            self.record_submission(in_doubt[tag], job_id)
+        self.display.message(f"{len(in_doubt)} submission(s) cut short earlier: {len(found)} found on the "
+                             f"server and kept, {len(in_doubt) - len(found)} not there, submitted now")
+
+    def find(self, jobs: list[Job]) -> dict[str, int]:
+        groups = sorted({match.group(1).strip() for job in jobs
+                         for match in [GROUP_PATTERN.search(self.store.spec(job.num).jdl)] if match})
+        known = {job_id for job in self.jobs.values() for job_id in job.ids}
+        return self.call(self.backend.find, [job.intent for job in jobs], groups, known)
 
     def submit_one(self, job: Job) -> None:
         try:
@@ -1010,6 +1072,13 @@ class Engine:
             for attempt in range(SUBMIT_ATTEMPTS):
                 tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
                 try:
+                    if job.intent == tag:        # an earlier try may have reached the server
+                        found = self.find([job])
+                        if found:
+                            self.record_submission(job, found[tag])
+                            return
+                    job.intent = tag             # on disk before the call: a crash leaves a trace
+                    self.store.save(job, sync=True)
                     job_id = self.call(self.backend.submit, spec, tag)
                 except CallFailed as e:
                     job.error = str(e)
@@ -1028,7 +1097,7 @@ class Engine:
         job.dirac_id = job_id
         job.ids.append(job_id)
         job.attempts += 1
-        job.error = ""
+        job.error = job.intent = ""
         self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
         self.store.save(job, sync=True)
 
@@ -1093,7 +1162,7 @@ class Engine:
                 continue
             pool.wait_available()
             self.downloading += 1
-            pool.spawn(self.download_one, self.jobs[num])
+            pool.spawn(self.download_one, self.jobs[num]).link_exception(self._crashed)
         pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
 
     def download_one(self, job: Job) -> None:

@@ -22,6 +22,7 @@ class ScriptedBackend(grid.Backend):
         self.next_id, self.step, self.status_calls, self.fetches = 1000, {}, [], {}
         self.submitted = []
         self.final, self.asked_after_final = set(), set()
+        self.server = {}                                   # every job the "server" accepted: {id: tag}
 
     def submit(self, spec, tag):
         if self.submit_failures:
@@ -30,7 +31,11 @@ class ScriptedBackend(grid.Backend):
         self.next_id += 1
         self.step[self.next_id] = 0
         self.submitted.append(tag)
+        self.server[self.next_id] = tag
         return self.next_id
+
+    def find(self, tags, groups, known):
+        return {tag: job_id for job_id, tag in self.server.items() if tag in tags and job_id not in known}
 
     def status(self, ids):
         self.status_calls.append(list(ids))
@@ -160,3 +165,59 @@ def test_the_loop_stays_responsive_while_threaded_calls_block(batch):
     assert elapsed < 16 * 0.2 / 3                   # the 16 submissions overlapped
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert max(gaps) < 0.15                          # and the loop never stalled for a whole call
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL inside a call: nothing after it runs."""
+
+
+class CrashingBackend(ScriptedBackend):
+    """The server accepts the job, then the client dies before it learns the id (once per job in crash_on)."""
+
+    def __init__(self, crash_on=(), **kw):
+        super().__init__(**kw)
+        self.crash_on = set(crash_on)
+
+    def submit(self, spec, tag):
+        job_id = super().submit(spec, tag)
+        if self.crash_on and len(self.server) in self.crash_on:
+            self.crash_on.discard(len(self.server))
+            raise Crash()
+        return job_id
+
+
+def test_a_crash_after_the_server_accepted_neither_loses_nor_duplicates(batch):
+    backend = CrashingBackend(crash_on={3, 7})
+    engine, crashes = make_engine(batch, 10, backend, parallel=1), 0
+    while True:
+        try:
+            jobs = engine.run()
+            break
+        except Crash:                  # the server accepted a job, the client died before the id was stored
+            crashes += 1
+            engine.store.close()
+            store = grid.Store.open(batch, "watch")          # a restart, from what is on disk
+            engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
+                                 interval=0.001, parallel=1)
+    engine.store.close()
+    assert crashes == 2
+    tags = sorted(backend.server.values())
+    assert tags == sorted(f"grid-test.{n}.1" for n in range(1, 11))      # each job once on the server
+    assert sorted(j.dirac_id for j in jobs.values()) == sorted(backend.server)
+    assert all(j.status == grid.DONE and j.output for j in jobs.values())
+
+
+def test_a_failed_call_that_did_reach_the_server_is_not_sent_again(batch):
+    class LostReply(CrashingBackend):
+        def submit(self, spec, tag):
+            job_id = super().submit(spec, tag)
+            if len(self.server) == 1:
+                raise grid.CallFailed("timeout")          # accepted, but the reply was lost
+            return job_id
+
+    backend = LostReply()
+    engine = make_engine(batch, 3, backend, parallel=1)
+    jobs = engine.run()
+    engine.store.close()
+    assert len(backend.server) == 3
+    assert sorted(j.dirac_id for j in jobs.values()) == sorted(backend.server)

@@ -1,17 +1,20 @@
 #!/usr/bin/env python
 """Drive lab jobs to Done (or Failed) without a JobAgent, through the lab's real DIRAC services.
 
-For each job this does what a pilot's job wrapper would report, as the job owner (the user proxy):
+For each job this does what the Matcher and a pilot's job wrapper would do, as the job owner (user proxy):
+  0. takes the job out of the TaskQueueDB, as the Matcher does when it hands a job to a pilot (there is no
+     service call for that, so this one step is SQL on the lab's MariaDB, as root through its unix socket;
+     left in, the entries make the lab's JobAgent fail one match per cycle on jobs that are not Waiting);
   1. uploads an output sandbox (by default std.out saying which job it is) assigned to the job
      (SandboxStoreClient.uploadFilesAsSandbox, assignTo={"Job:<id>": "Output"});
-  2. one JobStateUpdate.setJobStatusBulk call: Matched -> Running -> Completing -> Done|Failed,
-     with time stamps, so JobLoggingDB holds the whole history.
+  2. JobStateUpdate.setJobSite (the lab's site) and one JobStateUpdate.setJobStatusBulk call:
+     Matched -> Running -> Completing -> Done|Failed, with time stamps (JobLoggingDB has the history).
 Jobs are first waited for until the optimizers have made them Waiting. Only Waiting jobs are driven;
 others are reported as errors. Meant for when the lab's JobAgent is stopped (it would match jobs too).
 
 Run it inside the lab's network namespace with the lab's client environment:
     bash tests/lab/lab.sh run python tests/lab/drive.py [--status Failed] [--file NAME=TEXT] JOBID... | -
-The last line of output is "RESULT {json}" with {"ok": [...], "errors": {id: msg}, "seconds": s}.
+The last line of output is "RESULT {json}" with {"ok": [...], "errors": {id: msg}, "warnings": [...], "seconds": s}.
 
 As a module (in a process that runs inside the netns with the client environment):
     from drive import drive_jobs
@@ -28,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 DEFAULT_FILES = {"std.out": "job {job_id} {status} (driven by drive.py)\n"}
 MINOR = {"Done": "Execution Complete", "Failed": "Application Finished With Errors"}
+SITE = "DIRAC.Lab.local"
 _initialised = False
 
 
@@ -58,6 +62,28 @@ def wait_until_optimised(job_ids, timeout=60.0):
         if not pending or time.monotonic() > end:
             return statuses
         time.sleep(0.3)
+
+
+def remove_from_task_queues(job_ids):
+    """Delete the jobs' TaskQueueDB entries (what the Matcher does on a match). Returns a warning or None."""
+    if not job_ids:
+        return None
+    db = os.environ.get("GRID_LAB_DBPREFIX", "gridlab_") + "TaskQueueDB"
+    try:
+        import MySQLdb
+
+        conn = MySQLdb.connect(user="root", database=db, unix_socket=os.environ.get("GRID_LAB_MYSQL_SOCKET", "/run/mysqld/mysqld.sock"))
+        try:
+            cur = conn.cursor()
+            for i in range(0, len(job_ids), 1000):
+                chunk = [int(j) for j in job_ids[i : i + 1000]]
+                cur.execute("DELETE FROM tq_Jobs WHERE JobId IN (%s)" % ",".join(["%s"] * len(chunk)), chunk)
+            conn.commit()
+        finally:
+            conn.close()
+    except Exception as exc:  # the driving itself still works; a running JobAgent just gets failed matches
+        return f"could not remove the jobs from {db}.tq_Jobs: {exc}"
+    return None
 
 
 def _stamps(n):
@@ -95,7 +121,11 @@ def _drive_one(job_id, status, files, workdir, source):
         bulk[stamp] = {"Status": st, "MinorStatus": minor, "Source": source}
         if app:
             bulk[stamp]["ApplicationStatus"] = app
-    res = JobStateUpdateClient().setJobStatusBulk(job_id, bulk, False)
+    client = JobStateUpdateClient()
+    res = client.setJobSite(job_id, SITE)
+    if not res["OK"]:
+        return f"setJobSite: {res['Message']}"
+    res = client.setJobStatusBulk(job_id, bulk, False)
     if not res["OK"]:
         return f"setJobStatusBulk: {res['Message']}"
     return None
@@ -106,7 +136,7 @@ def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source
 
     files: {name: text} for the output sandbox (text may use {job_id} and {status}), or a callable
     job_id -> {name: text|bytes}; None = DEFAULT_FILES; {} = no output sandbox.
-    Returns {"ok": [job ids driven], "errors": {job_id: message}, "seconds": elapsed}.
+    Returns {"ok": [job ids driven], "errors": {job_id: message}, "warnings": [...], "seconds": elapsed}.
     """
     if status not in MINOR:
         raise ValueError(f"status must be one of {sorted(MINOR)}")
@@ -117,6 +147,7 @@ def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source
     errors = {j: f"job is {statuses.get(j)}, not Waiting" for j in job_ids if statuses.get(j) != "Waiting"}
     todo = [j for j in job_ids if j not in errors]
     files = DEFAULT_FILES if files is None else files
+    warning = remove_from_task_queues(todo)
     ok = []
     with tempfile.TemporaryDirectory(prefix="drive.") as workdir:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
@@ -125,7 +156,8 @@ def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source
                     errors[job_id] = err
                 else:
                     ok.append(job_id)
-    return {"ok": ok, "errors": errors, "seconds": round(time.monotonic() - t0, 3)}
+    return {"ok": ok, "errors": errors, "warnings": [warning] if warning else [],
+            "seconds": round(time.monotonic() - t0, 3)}
 
 
 def main(argv=None):
@@ -142,7 +174,7 @@ def main(argv=None):
     files = {} if a.no_sandbox else (dict(f.split("=", 1) for f in a.file) if a.file else None)
     res = drive_jobs([int(i) for i in ids], status=a.status, files=files, workers=a.workers, wait=a.wait)
     print(f"drove {len(res['ok'])} job(s) to {a.status} in {res['seconds']} s; {len(res['errors'])} error(s)",
-          file=sys.stderr)
+          *res["warnings"], file=sys.stderr)
     print("RESULT " + json.dumps(res), flush=True)
     return 1 if res["errors"] else 0
 

@@ -9,17 +9,18 @@
 #   bash tests/lab/lab.sh run CMD...         run CMD inside the netns with the client environment
 #   bash tests/lab/lab.sh wan on|off         50 ms round trip on the namespace's loopback (user-space delay)
 #   bash tests/lab/lab.sh jobagent start|stop|status
+#   bash tests/lab/lab.sh kill-waiting       kill every job not yet matched (Received/Checking/Waiting)
 #   bash tests/lab/lab.sh logs               list the log files (one per process)
 #
 # Environment: LAB (state dir, default tests/lab/.lab), NS (netns, default gridlab), VENV (default <repo>/.venv),
 # DBPREFIX (default gridlab_), MAXPARAM (JobManager MaxParametricJobs, 100), JA_POLL (JobAgent polling, 2 s),
-# DELAY_MS (one-way delay of 'wan on', 25).
+# DELAY_MS (one-way delay of 'wan on', 25), LAB_JOBAGENT=off (up without starting the JobAgent).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 VENV=${VENV:-$REPO/.venv}
-LAB=${LAB:-$HERE/.lab}
+LAB=$(realpath -m "${LAB:-$HERE/.lab}")
 NS=${NS:-gridlab}
 DBPREFIX=${DBPREFIX:-gridlab_}
 DBPASS=${DBPASS:-gridlabpw}
@@ -104,7 +105,7 @@ wait_ports() { # timeout port...
 }
 
 fingerprint() {
-    { cat "$HERE/lab.sh" "$HERE/lab_cfg.sh"; echo "$VENV $NS $DBPREFIX $MAXPARAM $JA_POLL $LAB"; } | sha1sum | cut -d' ' -f1
+    { cat "$HERE/lab.sh" "$HERE/lab_cfg.sh" "$HERE/jobagent.py"; echo "$VENV $NS $DBPREFIX $MAXPARAM $JA_POLL $LAB"; } | sha1sum | cut -d' ' -f1
 }
 
 # ------------------------------------------------------------------------------------------------- pieces
@@ -114,6 +115,8 @@ preflight() {
     [ -x "$VENV/bin/dirac-service" ] || die "no DIRAC in $VENV: run 'bash setup.sh test' (it installs the server side)"
     "$VENV/bin/python" -c 'import MySQLdb' 2>/dev/null || die "DIRAC[server] missing in $VENV: run 'bash setup.sh test'"
     command -v mysqladmin >/dev/null || die "MariaDB missing: run 'bash setup.sh test'"
+    command -v openssl >/dev/null || die "openssl missing (apt-get install openssl)"
+    command -v iptables >/dev/null || echo "lab: warning: no iptables, 'wan on' will not work" >&2
 }
 
 netns_up() {
@@ -124,23 +127,30 @@ netns_up() {
 proxy_ok() { [ -s "$PROXY" ] && openssl x509 -in "$PROXY" -noout -checkend 3600 >/dev/null 2>&1; }
 
 make_proxy() {
-    client_exec "$VENV/bin/dirac-proxy-init" -C "$LAB/pki/usercert.pem" -K "$LAB/pki/userkey.pem" \
-        -g labvo_user -N -u "$PROXY" -v 72:00
+    # X509_USER_PROXY must not name an existing proxy: dirac-proxy-init reads it while the CS is still
+    # disabled, caches "DN not registered" and then fails. Write a new file and move it into place.
+    local envs=(); mapfile -d '' envs < <(base_env)
+    rm -f "$PROXY.new"
+    ip netns exec "$NS" env -i "${envs[@]}" "DIRAC_ROOT_PATH=$LAB/client" "X509_USER_PROXY=$PROXY.new" \
+        "$VENV/bin/dirac-proxy-init" -C "$LAB/pki/usercert.pem" -K "$LAB/pki/userkey.pem" \
+        -g labvo_user -N -u "$PROXY.new" -v 72:00 && mv -f "$PROXY.new" "$PROXY"
 }
 
 # client_exec CMD...: run CMD inside the netns with the client environment
 client_exec() {
     local envs=(); mapfile -d '' envs < <(base_env)
-    ip netns exec "$NS" env -i "${envs[@]}" "DIRAC_ROOT_PATH=$LAB/client" "X509_USER_PROXY=$PROXY" "$@"
+    ip netns exec "$NS" env -i "${envs[@]}" "DIRAC_ROOT_PATH=$LAB/client" "X509_USER_PROXY=$PROXY" \
+        "GRID_LAB_NS=$NS" "GRID_LAB_DIR=$LAB" "GRID_LAB_DBPREFIX=$DBPREFIX" "$@"
 }
 
 jobagent_start() {
     alive jobagent && return 0
     proxy_ok || die "no valid user proxy; run 'lab.sh up'"
     mkdir -p "$LAB/pilot/work"
-    spawn jobagent "WorkloadManagement/JobAgent" "$LAB/pilot/work" \
+    # jobagent.py = dirac-agent WorkloadManagement/JobAgent with its idle back-off capped (see there)
+    spawn jobagent "$HERE/jobagent.py" "$LAB/pilot/work" \
         "DIRAC_ROOT_PATH=$LAB/pilot" "X509_USER_PROXY=$PROXY" -- \
-        "$VENV/bin/dirac-agent" WorkloadManagement/JobAgent
+        "$VENV/bin/python" "$HERE/jobagent.py"
     sleep 0.3
     alive jobagent || die "JobAgent did not start, see $LAB/logs/jobagent.log"
     say "JobAgent running (pid $(pid_of jobagent), polling every ${JA_POLL} s), log $LAB/logs/jobagent.log"
@@ -171,7 +181,6 @@ cmd_up() {
     local t0; t0=$(now)
     preflight
     mkdir -p "$LAB/run" "$LAB/logs"
-    exec 9> "$LAB/run/lock"; flock 9
     local why
     if why=$(healthy); then
         proxy_ok || make_proxy > "$LAB/logs/proxy-init.log" 2>&1 || die "dirac-proxy-init failed, see $LAB/logs/proxy-init.log"
@@ -235,7 +244,6 @@ cmd_up() {
 cmd_down() {
     [ "$(id -u)" = 0 ] || die "must run as root"
     if [ -d "$LAB/run" ]; then
-        exec 9> "$LAB/run/lock"; flock 9
         stop_all
         rm -f "$LAB/run/fingerprint"
         if [ -f "$LAB/run/mariadb.started-by-lab" ] && mysqladmin ping >/dev/null 2>&1; then
@@ -263,7 +271,7 @@ cmd_status() {
     local s name comp port rc=0
     ns_exists && echo "netns $NS: present" || { echo "netns $NS: absent"; rc=1; }
     mysqladmin ping >/dev/null 2>&1 && echo "MariaDB: running" || { echo "MariaDB: not running"; rc=1; }
-    for s in $SERVICES optimizers:WorkloadManagement/Optimizers:- jobagent:WorkloadManagement/JobAgent:- nfq_delay:nfq_delay:-; do
+    for s in $SERVICES optimizers:WorkloadManagement/Optimizers:- jobagent:WorkloadManagement/JobAgent_via_jobagent.py:- nfq_delay:nfq_delay:-; do
         IFS=: read -r name comp port <<< "$s"
         if alive "$name"; then printf '  %-17s running  pid %-7s %s\n' "$name" "$(pid_of "$name")" "$comp"
         else printf '  %-17s stopped\n' "$name"; [[ $name = jobagent || $name = nfq_delay ]] || rc=1; fi
@@ -300,6 +308,7 @@ export X509_CERT_DIR=$(printf %q "$CADIR")
 export X509_USER_PROXY=$(printf %q "$PROXY")
 export GRID_LAB_NS=$(printf %q "$NS")
 export GRID_LAB_DIR=$(printf %q "$LAB")
+export GRID_LAB_DBPREFIX=$(printf %q "$DBPREFIX")
 export PATH=$(printf %q "$VENV/bin"):\$PATH
 unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE DIRACSYSCONFIG DIRAC_USE_TORNADO_IOLOOP X509_USER_CERT X509_USER_KEY
 EOF
@@ -314,10 +323,12 @@ wan_on() {
         for i in $(seq 1 50); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
         grep -q "^delaying" "$LAB/logs/nfq_delay.log" || die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"
     fi
-    for T in iptables ip6tables; do
-        ip netns exec "$NS" "$T" -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
-            ip netns exec "$NS" "$T" -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass
-    done
+    ip netns exec "$NS" iptables -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
+        ip netns exec "$NS" iptables -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass
+    # IPv6 loopback too, where the kernel has ip6tables (DIRAC's clients here connect over IPv4)
+    ip netns exec "$NS" ip6tables -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
+        ip netns exec "$NS" ip6tables -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
+        echo "lab: warning: ip6tables rule not added (IPv6 loopback not delayed)" >&2
     say "wan on: ${DELAY_MS} ms per packet on $NS/lo ($((2 * DELAY_MS)) ms round trip), pid $(pid_of nfq_delay)"
 }
 
@@ -333,7 +344,6 @@ wan_off() {
 
 cmd_wan() {
     mkdir -p "$LAB/run" "$LAB/logs"
-    exec 9> "$LAB/run/lock"; flock 9
     case "${1:-}" in
         on) wan_on ;;
         off) wan_off ;;
@@ -341,9 +351,30 @@ cmd_wan() {
     esac
 }
 
+# Kill the jobs not yet matched (Received, Checking, Waiting): leftovers of a test that stopped the JobAgent
+# would otherwise keep the single JobAgent busy for the next tests.
+cmd_kill_waiting() {
+    proxy_ok || die "no valid user proxy; run 'lab.sh up'"
+    client_exec "$VENV/bin/python" - <<'PY' 2>&1 | grep '^lab:'
+import sys
+import DIRAC
+DIRAC.initialize()
+from DIRAC.WorkloadManagementSystem.Client.JobManagerClient import JobManagerClient
+from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
+res = JobMonitoringClient().getJobs({"Status": ["Received", "Checking", "Waiting"]})
+if not res["OK"]:
+    sys.exit(f"lab: getJobs: {res['Message']}")
+ids = sorted(int(i) for i in res["Value"])
+if ids:
+    res = JobManagerClient().killJob(ids)
+    if not res["OK"]:
+        sys.exit(f"lab: killJob: {res['Message']}")
+print(f"lab: killed {len(ids)} unmatched job(s)")
+PY
+}
+
 cmd_jobagent() {
     mkdir -p "$LAB/run" "$LAB/logs"
-    exec 9> "$LAB/run/lock"; flock 9
     case "${1:-}" in
         start|on) ns_exists || die "lab is not up"; jobagent_start ;;
         stop|off) stop_proc jobagent; say "JobAgent stopped" ;;
@@ -351,6 +382,17 @@ cmd_jobagent() {
         *) die "usage: lab.sh jobagent start|stop|status" ;;
     esac
 }
+
+# up, down, wan and jobagent run one at a time per lab. The lock is held by flock(1) itself (-o: not
+# passed on), so the daemons started here (and MariaDB) do not inherit it.
+case "${1:-}" in
+    up|down|wan|jobagent)
+        if [ -z "${_LAB_LOCKED:-}" ]; then
+            mkdir -p "$LAB/run"
+            export _LAB_LOCKED=1
+            exec flock -o "$LAB/run/lock" bash "$0" "$@"
+        fi ;;
+esac
 
 case "${1:-}" in
     up) cmd_up ;;
@@ -360,6 +402,7 @@ case "${1:-}" in
     run) shift; [ $# -gt 0 ] || die "usage: lab.sh run CMD..."; client_exec "$@" ;;
     wan) shift; cmd_wan "$@" ;;
     jobagent) shift; cmd_jobagent "$@" ;;
+    kill-waiting) cmd_kill_waiting ;;
     logs) ls -l "$LAB/logs" ;;
-    *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+    *) sed -n "2,17p" "$0" | sed "s/^# \{0,1\}//"; exit 2 ;;
 esac

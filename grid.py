@@ -32,6 +32,7 @@ monkey.patch_all(thread=False)
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
 import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -79,6 +80,7 @@ INTERVAL = {"dirac": 20.0, "local": 0.2}   # seconds between status sweeps
 BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
+RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
 
@@ -741,21 +743,29 @@ class LocalBackend(Backend):
         self._reap()
         states = {}
         for job_id in ids:
-            state = self._state(job_id)
+            state = self._check_runner(job_id, self._state(job_id))
             if not state:
                 states[job_id] = JobState(DELETED, "Unknown to the local backend")
                 continue
-            if state["status"] == RUNNING and not self._alive(job_id, state):
-                self._set_state(job_id, FAILED, "Job stalled", "Runner process ended without a result")
-                state = self._state(job_id)
             states[job_id] = JobState(state["status"], state.get("minor", ""), state.get("app", ""),
                                       state.get("site", ""))
-            if state["status"] == RUNNING:
+            if state["status"] in (MATCHED, RUNNING):
                 self.running.add(job_id)
             else:
                 self.running.discard(job_id)
         self._schedule(ids, states)
         return states
+
+    def _check_runner(self, job_id: int, state: dict) -> dict:
+        """A Matched or Running job whose runner is gone: run it again, or report it stalled."""
+        if state.get("status") not in (MATCHED, RUNNING) or self._alive(job_id):
+            return state
+        state = self._state(job_id)              # the runner may have just finished
+        if state.get("status") == MATCHED and time.time() - state.get("since", 0) > RUNNER_START_GRACE:
+            self._set_state(job_id, WAITING, "Runner never started; waiting again")
+        elif state.get("status") == RUNNING:
+            self._set_state(job_id, FAILED, "Job stalled", "Runner process ended without a result")
+        return self._state(job_id)
 
     def _schedule(self, ids: list[int], states: dict[int, JobState]) -> None:
         """Received jobs become Waiting (their sandbox is staged); Waiting ones run when a CPU is free."""
@@ -791,30 +801,25 @@ class LocalBackend(Backend):
         self._set_state(job_id, WAITING, "Pilot Agent Submission")
 
     def _start(self, job_id: int) -> None:
+        """Matched first, then the runner: it takes the job's lock and marks it Running itself."""
         folder = self._dir(job_id)
-        self._set_state(job_id, RUNNING, "Job Initialization")
+        self._set_state(job_id, MATCHED, "Assigned", since=time.time())
         with open(folder / "runner.log", "ab") as log:
             child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run-local", str(folder)],
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      start_new_session=True, close_fds=True)
         self.children[job_id] = child
-        atomic_write(folder / "pid", str(child.pid).encode())
 
     def _reap(self) -> None:
         for job_id, child in list(self.children.items()):
             if child.poll() is not None:
                 del self.children[job_id]
 
-    def _alive(self, job_id: int, state: dict) -> bool:
+    def _alive(self, job_id: int) -> bool:
+        """A runner holds its job's lock while it lives; if we can take the lock, there is none."""
         if job_id in self.children:
             return True
-        try:
-            pid = int((self._dir(job_id) / "pid").read_text())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            # The runner may have finished between our two reads: trust a final state if there is one.
-            return is_final(self._state(job_id).get("status", ""))
-        return str(self._dir(job_id)).encode() in cmdline
+        return runner_lock(self._dir(job_id), probe=True) is None
 
     def fetch_output(self, job_id: int, dest: Path) -> None:
         spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
@@ -832,13 +837,21 @@ class LocalBackend(Backend):
             if not state or is_final(state["status"]):
                 continue
             with contextlib.suppress(OSError, ValueError):
-                if state["status"] == RUNNING and self._alive(job_id, state):
-                    os.killpg(int((self._dir(job_id) / "pid").read_text()), signal.SIGTERM)
+                if state["status"] == RUNNING and self._alive(job_id):
+                    os.killpg(int(state["pid"]), signal.SIGTERM)
             self._set_state(job_id, KILLED, "Marked for termination")
 
 
 def run_local_job(folder: Path) -> int:
     """The runner of one local job (its own process): run each step as DIRAC's Script module would."""
+    lock = runner_lock(folder)
+    if lock is None:
+        return 0                                 # another runner has this job
+    state = json.loads((folder / "state.json").read_bytes())
+    if state["status"] != MATCHED:
+        return 0                                 # already run, or put back to Waiting meanwhile
+    atomic_write(folder / "state.json", json.dumps(
+        {"status": RUNNING, "minor": "Application", "app": "", "site": "Local", "pid": os.getpid()}).encode())
     spec = json.loads((folder / "spec.json").read_bytes())
     work = folder / "work"
     os.chdir(work)
@@ -868,6 +881,20 @@ def run_local_job(folder: Path) -> int:
                 return finish(FAILED, "Application Finished With Errors",
                               f"'{name}' Exited With Status {done.returncode}")
     return finish(DONE, "Execution Complete", "Job finished successfully")
+
+
+def runner_lock(folder: Path, probe: bool = False) -> Optional[Any]:
+    """The job's runner lock (flock): the open file if we got it, None if a runner holds it."""
+
+    handle = open(folder / "runner.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    if probe:
+        handle.close()                           # releases the lock: we only wanted to know
+    return handle
 
 
 def local_command(executable: str, arguments: str, work: Path) -> list[str]:

@@ -39,7 +39,7 @@ def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid
     assert "S: 102\tR:   0\tW:   0\tM:   0\tR:   0\tD:   0\tF:   0" in lines
     assert lines[-2] == "S:   0\tR:   0\tW:   0\tM:   0\tR:   0\tD: 101\tF:   1" or \
         "S:   0\tR:   0\tW:   0\tM:   0\tR:   0\tD: 101\tF:   1" in lines
-    assert any("#102 [" in line and "Running → Failed (Application Finished With Errors)" in line
+    assert any("#102 [" in line and "→ Failed (Application Finished With Errors)" in line
                for line in lines)
     assert_examples_finished(batch, run_grid)
     again = run_grid("watch")                                          # nothing left to do

@@ -524,8 +524,13 @@ def import_dirac_job() -> type:
         raise BackendError(f"cannot import DIRAC ({e})",
                            "install it (pip install DIRAC) or source your DIRAC environment, "
                            "e.g. `lb-dirac` or DIRACOS's diracosrc") from None
-    gLogger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+    quiet_dirac_logs(gLogger)
     return DiracJob
+
+
+def quiet_dirac_logs(logger: Any) -> None:
+    """DIRAC's own log lines would interleave with ours; its errors reach the user through ours."""
+    logger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
 
 
 # ==================================================================================================
@@ -588,7 +593,7 @@ class DiracBackend(Backend):
         except ImportError as e:
             raise BackendError(f"cannot import DIRAC ({e})",
                                "install it or source your DIRAC environment (e.g. `lb-dirac`)") from None
-        DIRAC.gLogger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+        quiet_dirac_logs(DIRAC.gLogger)
         proxy = getProxyInfo(disableVOMS=True)
         if not proxy["OK"]:
             raise BackendError(f"no grid proxy: {proxy['Message']}",

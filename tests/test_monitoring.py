@@ -1,0 +1,78 @@
+"""Monitoring cost: server calls per status sweep for batches of 1 to 10,000 jobs, part of them final."""
+import io
+import math
+from pathlib import Path
+
+import pytest
+
+import grid
+
+ACTIVE = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING, grid.STALLED, grid.COMPLETED]
+ENDED = [grid.DONE, grid.FAILED, grid.KILLED, grid.DELETED]
+
+
+class CountingBackend(grid.Backend):
+    """Counts status calls and the ids in each; jobs in `ending` answer Done, the others Running."""
+
+    name = "counting"
+
+    def __init__(self, ending: frozenset = frozenset()) -> None:
+        self.calls: list[list[int]] = []
+        self.ending = ending
+
+    def status(self, ids):
+        self.calls.append(list(ids))
+        return {i: grid.JobState(grid.DONE if i in self.ending else grid.RUNNING, "") for i in ids}
+
+
+def batch_with(batch: Path, statuses: list) -> grid.Store:
+    """A submitted batch whose job i has DIRAC id 5000 + i and status statuses[i - 1]."""
+    store = grid.Store.open(batch, "watch", create=True)
+    jobs = [grid.Job(num=i, name=f"j{i}", status=status, dirac_id=5000 + i, ids=[5000 + i], attempts=1)
+            for i, status in enumerate(statuses, 1)]
+    specs = [b""] * len(jobs)
+    store.create_batch({"tag": "grid-count", "backend": "counting"}, jobs, specs)
+    return store
+
+
+def mixed_statuses(total: int) -> list:
+    """Every third job final, the others spread over the statuses that are still watched."""
+    return [ENDED[i % len(ENDED)] if i % 3 == 2 else ACTIVE[i % len(ACTIVE)] for i in range(total)]
+
+
+@pytest.mark.parametrize("total", [1, 1000, 2500, 10_000])
+def test_a_sweep_asks_each_open_job_once_in_calls_of_at_most_1000(batch, total):
+    statuses = mixed_statuses(total)
+    open_ids = {5000 + i for i, s in enumerate(statuses, 1) if not grid.is_final(s)}
+    store = batch_with(batch, statuses)
+    backend = CountingBackend()
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep()
+    store.close()
+    asked = [job_id for call in backend.calls for job_id in call]
+    assert len(backend.calls) == math.ceil(len(open_ids) / grid.BULK_STATUS_MAX)
+    assert all(len(call) <= grid.BULK_STATUS_MAX for call in backend.calls)
+    assert sorted(asked) == sorted(open_ids)            # each open job once; no final job at all
+
+
+def test_jobs_that_end_in_a_sweep_are_not_asked_about_in_the_next(batch):
+    statuses = mixed_statuses(2500)                     # 1667 open: two calls
+    open_ids = sorted(5000 + i for i, s in enumerate(statuses, 1) if not grid.is_final(s))
+    store = batch_with(batch, statuses)
+    backend = CountingBackend(ending=frozenset(open_ids[:1000]))
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep()
+    first = len(backend.calls)
+    engine.sweep()
+    store.close()
+    assert first == 2
+    assert backend.calls[first:] == [open_ids[1000:]]   # 667 left: one call, only them
+
+
+def test_a_sweep_with_nothing_open_makes_no_call(batch):
+    store = batch_with(batch, [ENDED[i % len(ENDED)] for i in range(2500)])
+    backend = CountingBackend()
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep()
+    store.close()
+    assert backend.calls == []

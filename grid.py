@@ -403,7 +403,8 @@ class Store:
 
     def jobs(self) -> dict[int, Job]:
         with gc_paused():
-            return {int(key[4:]): Job.from_record(value) for key, value in self.db.iterator(prefix=b"job/")}
+            jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
+            return {job.num: job for job in jobs}
 
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
@@ -552,7 +553,9 @@ class SpecSpool:
             yield self[index]
 
     def close(self) -> None:
+        """Once the store has them: the file goes, and the names with it."""
         self.file.close()
+        self.names, self.offsets = [], []
 
 
 def load_job_files(paths: list[str], batch_tag: str) -> SpecSpool:

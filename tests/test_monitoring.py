@@ -76,3 +76,42 @@ def test_a_sweep_with_nothing_open_makes_no_call(batch):
     engine.sweep()
     store.close()
     assert backend.calls == []
+
+
+class FakeMonitoring:
+    """DIRAC's JobMonitoringClient as the dirac backend uses it, with a server's answers in `jobs`."""
+
+    def __init__(self, jobs: dict) -> None:
+        self.jobs, self.calls = jobs, []
+
+    def getJobsStates(self, ids):
+        self.calls.append(("getJobsStates", list(ids)))
+        return {"OK": True, "Value": {i: {"Status": self.jobs[i][0], "MinorStatus": "m", "ApplicationStatus": "a"}
+                                      for i in ids if i in self.jobs}}
+
+    def getJobsSites(self, ids):
+        self.calls.append(("getJobsSites", list(ids)))
+        return {"OK": True, "Value": {i: {"Site": self.jobs[i][1]} for i in ids}}
+
+
+def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_later():
+    server = {i: (grid.WAITING, "ANY") for i in range(1, 1001)}
+    backend = grid.DiracBackend()
+    backend.local.monitoring = fake = FakeMonitoring(server)
+    first = backend.status(list(range(1, 1001)))
+    assert [name for name, _ in fake.calls] == ["getJobsStates"]           # all Waiting: no site to ask
+    assert {s.site for s in first.values()} == {""}
+    for i in range(1, 11):
+        server[i] = (grid.RUNNING, "LCG.CERN.cern")
+    server[11] = (grid.DONE, "LCG.RAL.uk")
+    del server[12]                                                         # cleaned away on the server
+    server[13] = (grid.KILLED, "ANY")                                      # killed before it ran
+    fake.calls.clear()
+    second = backend.status(list(range(1, 1001)))
+    assert fake.calls[1] == ("getJobsSites", list(range(1, 12)))            # not 12 (gone), not 13 (killed)
+    assert [second[i].site for i in (1, 10, 11)] == ["LCG.CERN.cern"] * 2 + ["LCG.RAL.uk"]
+    assert second[12].status == grid.DELETED
+    fake.calls.clear()
+    third = backend.status(list(range(1, 11)) + list(range(14, 1001)))     # nothing moved since
+    assert [name for name, _ in fake.calls] == ["getJobsStates"]
+    assert third[1].site == "LCG.CERN.cern"                                # the site it was told before

@@ -43,8 +43,9 @@ def client(batches: list, sizes: list) -> None:
         engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch, download_parallel=size)
         wall, cpu = time.perf_counter(), time.process_time()
         jobs = engine.run(watch=True)
+        calls = counter.take()
         runs.append({"pool": size, "seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
-                     "calls": len(counter.take()), "downloaded": sum(1 for j in jobs.values() if j.output),
+                     "calls": len(calls), "kinds": sorted({name for name, _ in calls}), "downloaded": sum(1 for j in jobs.values() if j.output),
                      "files": sum(1 for _ in (batch / grid.SUCCEEDED_DIR).rglob("std.out"))})
         store.close()
     print("RESULT " + json.dumps(runs))
@@ -70,6 +71,7 @@ def on_the_lab(jobs: int, keep: bool) -> None:
         print(f"{how:24} {run['seconds']:>8.2f} {run['seconds'] / jobs:>10.3f}s {run['calls']:>12} "
               f"{run['cpu']:>13.2f} {run['downloaded']:>11}")
     pool, one = runs
+    print(f"DISET calls: {', '.join(pool['kinds'])}")
     print(f"\nratio, one by one / pool: {one['seconds'] / pool['seconds']:.1f}x")
     if pool["downloaded"] != jobs or one["downloaded"] != jobs:
         raise SystemExit("not every output was downloaded")

@@ -29,7 +29,7 @@ def _fixture_module():
 @contextlib.contextmanager
 def lab_up(keep: bool = False) -> Iterator:
     """The lab, up, JobAgent stopped, WAN delay off; taken down afterwards unless it was up already
-    or keep is set."""
+    or keep is set (then its JobAgent is as it was, and the jobs still waiting are killed)."""
     fixture = _fixture_module()
     reason = fixture._unavailable()
     if reason:
@@ -43,6 +43,7 @@ def lab_up(keep: bool = False) -> Iterator:
     env = fixture._client_env(subprocess.run(["bash", str(LAB_SH), "env"], capture_output=True, text=True,
                                              check=True).stdout)
     lab = fixture.DiracLab(env, env["GRID_LAB_NS"], env["GRID_LAB_DIR"])
+    jobagent_was_on = subprocess.run(["bash", str(LAB_SH), "jobagent", "status"], capture_output=True).returncode == 0
     lab.jobagent(False)
     lab.wan(False)
     print(f"lab {lab.ns} {'was already up' if was_up else 'up'} ({time.monotonic() - started:.0f} s)", flush=True)
@@ -50,8 +51,9 @@ def lab_up(keep: bool = False) -> Iterator:
         yield lab
     finally:
         lab.wan(False)
-        if was_up or keep:
+        if was_up or keep:                   # left as it was found, without our jobs
             lab.kill_waiting()
+            lab.jobagent(jobagent_was_on)
         else:
             subprocess.run(["bash", str(LAB_SH), "down"], capture_output=True, text=True, timeout=300)
             print(f"lab {lab.ns} down", flush=True)
@@ -91,28 +93,37 @@ def client(lab, script: Path, *args, timeout: float = 3600) -> dict:
 
 
 class CallCounter:
-    """Counts the DISET calls this process makes (DIRAC's InnerRPCClient.executeRPC): what the
-    server sees, whatever client class is used, retries included."""
+    """Counts the DISET calls this process makes, where DIRAC makes them: RPC calls
+    (InnerRPCClient.executeRPC, retries included) and file transfers (TransferClient), whatever client
+    class asked for them. Each call is (name, number of ids when its first argument is a list)."""
 
     def __init__(self) -> None:
         import threading
 
         from DIRAC.Core.DISET.private.InnerRPCClient import InnerRPCClient
+        from DIRAC.Core.DISET.TransferClient import TransferClient
         self.calls: list = []
         self.lock = threading.Lock()
-        real = InnerRPCClient.executeRPC
+        rpc, transfer = InnerRPCClient.executeRPC, TransferClient._sendTransferHeader
         counter = self
 
-        def counted(client, function, args):
+        def counted_rpc(client, function, args):
             first = args[0] if args else None
-            with counter.lock:
-                counter.calls.append((function, len(first) if isinstance(first, (list, tuple)) else None))
-            return real(client, function, args)
+            counter.add(function, len(first) if isinstance(first, (list, tuple)) else None)
+            return rpc(client, function, args)
 
-        InnerRPCClient.executeRPC = counted
+        def counted_transfer(client, action, file_info):
+            counter.add(f"transfer:{action}", None)
+            return transfer(client, action, file_info)
+
+        InnerRPCClient.executeRPC = counted_rpc
+        TransferClient._sendTransferHeader = counted_transfer
+
+    def add(self, name: str, size) -> None:
+        with self.lock:
+            self.calls.append((name, size))
 
     def take(self) -> list:
         with self.lock:
             calls, self.calls = self.calls, []
         return calls
-

@@ -91,13 +91,23 @@ def client(batch: Path, phase: str) -> None:
     result = {"sweeps": sweeps}
     if phase == "active":
         from DIRAC.Interfaces.API.Dirac import Dirac
+        from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
         open_ids = [j.dirac_id for j in engine.jobs.values() if not grid.is_final(j.status)]
-        wall, cpu = time.perf_counter(), time.process_time()
-        answer = Dirac().getJobStatus(open_ids)
-        result["dirac_getJobStatus"] = {"ids": len(open_ids), "ok": answer["OK"], "calls": counter.take(),
-                                        "seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+        result["dirac_getJobStatus"] = timed_call(counter, Dirac().getJobStatus, open_ids)
+        monitoring, thousand = JobMonitoringClient(), open_ids[:1000]
+        result["one_call"] = {name: timed_call(counter, getattr(monitoring, name), thousand)
+                              for name in ("getJobsSummary", "getJobsStates", "getJobsStatus")}
     store.close()
     print("RESULT " + json.dumps(result))
+
+
+def timed_call(counter, method, ids: list) -> dict:
+    import json
+    wall, cpu = time.perf_counter(), time.process_time()
+    answer = method(ids)
+    seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"ids": len(ids), "ok": answer["OK"], "calls": counter.take(), "seconds": seconds, "cpu": cpu,
+            "bytes": len(json.dumps(answer.get("Value"), default=str))}
 
 
 def timed_sweep(engine: "grid.Engine", counter) -> dict:
@@ -123,17 +133,21 @@ def on_the_lab(jobs: int, keep: bool) -> None:
         ended = run_client(lab, Path(__file__), "--client", batch, "ended")
         lab.wan(False)
     print(f"\nreal DIRAC WMS (lab), 50 ms round trip: {jobs} jobs, {jobs // 3} driven to Done first")
-    print(f"{'sweep':34} {'open':>6} {'server calls':>34} {'wall s':>8} {'client CPU s':>13}")
+    print(f"{'':36} {'jobs':>5} {'wall s':>7} {'CPU s':>6}  server calls (ids in each)")
     rows = [("grid.py sweep " + str(i + 1), s) for i, s in enumerate(active["sweeps"])]
-    rows += [("after the rest were killed, sweep " + str(i + 1), s) for i, s in enumerate(ended["sweeps"])]
+    rows += [("rest killed; grid.py sweep " + str(i + 1), s) for i, s in enumerate(ended["sweeps"])]
+    rows += [("Dirac().getJobStatus, the open jobs", active["dirac_getJobStatus"])]
+    rows += [(f"one {name} call", call) for name, call in active["one_call"].items()]
     for name, s in rows:
-        print(f"{name:34} {s['open_before']:>6} {describe(s['calls']):>34} {s['seconds']:>8.2f} {s['cpu']:>13.3f}")
-    d = active["dirac_getJobStatus"]
-    print(f"{'Dirac().getJobStatus, same jobs':34} {d['ids']:>6} {describe(d['calls']):>34} {d['seconds']:>8.2f} "
-          f"{d['cpu']:>13.3f}")
-    steady = active["sweeps"][-1]
-    print(f"\nratio, Dirac().getJobStatus / grid.py sweep of the same {d['ids']} jobs: "
-          f"{d['seconds'] / steady['seconds']:.2f}x wall, {len(d['calls']) / max(1, len(steady['calls'])):.1f}x calls")
+        print(f"{name:36} {s.get('open_before', s.get('ids')):>5} {s['seconds']:>7.2f} {s['cpu']:>6.3f}  "
+              f"{describe(s['calls'])}")
+    steady, calls = active["sweeps"][-1], active["one_call"]
+    summary, states = calls["getJobsSummary"], calls["getJobsStates"]
+    print(f"\nsteady sweep of {steady['open_before']} open jobs: {len(steady['calls'])} calls "
+          f"(ceil(open/1000) = {math.ceil(steady['open_before'] / 1000)}), {steady['seconds']:.2f} s, "
+          f"{steady['cpu'] * 1000:.0f} ms client CPU")
+    print(f"getJobsSummary / getJobsStates for {states['ids']} ids: {summary['seconds'] / states['seconds']:.1f}x "
+          f"wall, {summary['cpu'] / states['cpu']:.1f}x client CPU, {summary['bytes'] / states['bytes']:.1f}x bytes")
 
 
 def describe(calls: list) -> str:

@@ -14,6 +14,8 @@ A directory is a batch. From a fresh one:
     python grid.py submit --backend local jobs.py   run the same jobs on this machine first
     python grid.py watch                     resume watching and downloading
     python grid.py status [--json]           the summary and one line per job
+    python grid.py resubmit --all            failed jobs again, as new DIRAC jobs (also: --retries N)
+    python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
 
 Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
@@ -71,6 +73,7 @@ __version__ = "0.1.0"
 STATE_DIR = ".grid"                  # inside the batch directory: database, local jobs, temp files
 SUCCEEDED_DIR = "succeeded"          # outputs of Done jobs
 FAILED_DIR = "failed"                # outputs of every other final status
+RETRIED_DIR = "retried"              # outputs of earlier attempts of resubmitted jobs
 BACKENDS = ("dirac", "local")
 DEFAULT_BACKEND = "dirac"
 DEFAULT_PARALLEL = 16                # concurrent submissions
@@ -83,8 +86,14 @@ DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is r
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
+EXIT_WHEN = ("all-final", "all-done", "first-failure")   # when `watch` returns
+SYSTEMATIC_SHARE = 0.5               # a reason failing more than this share of all attempts ...
+SYSTEMATIC_MIN = 5                   # ... at least this often is not retried automatically
+FOOTER_REFRESH = 0.5                 # seconds between redraws of the live footer
+RATE_WINDOW = 300.0                  # seconds of finished jobs the live footer's rate looks at
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+EXIT_JOBS_FAILED = 6                 # watched to the end (or to --exit-when), and not every job is Done
 EXIT_INTERRUPTED = 130
 
 
@@ -100,6 +109,12 @@ class GridError(Exception):
     def __init__(self, message: str, fix: str = "") -> None:
         super().__init__(message)
         self.message, self.fix = message, fix
+
+
+class UsageError(GridError):
+    """The command line asks for something that cannot be done (an unknown job, a missing --yes)."""
+
+    exit_code = EXIT_USAGE
 
 
 class JobFileError(GridError):
@@ -192,9 +207,10 @@ class Job:
     error: str = ""                                  # last problem with this job, for the user
     download_tries: int = 0
     intent: str = ""                                 # tag of a submission that may have reached the server
+    past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
 
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent")
+              "history", "output", "error", "download_tries", "intent", "past")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -208,6 +224,10 @@ class Job:
         return bool(self.dirac_id)
 
     @property
+    def failed(self) -> bool:
+        return is_final(self.status) and self.status != DONE
+
+    @property
     def needs_download(self) -> bool:
         return (self.submitted and is_final(self.status) and not self.output
                 and self.download_tries < DOWNLOAD_ATTEMPTS)
@@ -219,6 +239,14 @@ class Job:
 
     def output_folder(self) -> str:
         return os.path.join(SUCCEEDED_DIR if self.status == DONE else FAILED_DIR, self.folder_name())
+
+
+def failure_reason(job: Job) -> str:
+    """What a failed job's attempt died of, as one line: jobs that share it failed the same way."""
+    parts = [job.status, job.minor or "-"]
+    if job.app:
+        parts.append(job.app)
+    return ": ".join(parts[:2]) + (f" / {parts[2]}" if len(parts) > 2 else "")
 
 
 @dataclass(slots=True)
@@ -563,6 +591,11 @@ class Backend:
     def kill(self, ids: list[int]) -> None:
         raise NotImplementedError
 
+    def reschedule(self, ids: list[int]) -> None:
+        """Run the same jobs (same ids) again from the start."""
+        raise BackendError(f"the {self.name} backend cannot reschedule jobs",
+                           "use `grid resubmit`, which submits them again as new jobs")
+
 
 TAG_PATTERN = re.compile(JOB_TAG_ATTRIBUTE + r'\s*=\s*"([^"]+)"')
 GROUP_PATTERN = re.compile(r'^\s*JobGroup\s*=\s*"?([^";]+)"?\s*;', re.MULTILINE)
@@ -675,6 +708,9 @@ class DiracBackend(Backend):
     def kill(self, ids: list[int]) -> None:
         self._value(self._client("dirac").killJob(list(ids)), "kill")
 
+    def reschedule(self, ids: list[int]) -> None:
+        self._value(self._client("wms").rescheduleJob(list(ids)), "reschedule")
+
 
 class LocalBackend(Backend):
     """Runs jobs on this machine, at most one per CPU at once, passing through DIRAC's statuses.
@@ -776,7 +812,7 @@ class LocalBackend(Backend):
         """Received jobs become Waiting (their sandbox is staged); Waiting ones run when a CPU is free."""
         for job_id in sorted(ids):
             state = states[job_id]
-            if state.status == RECEIVED:
+            if state.status in (RECEIVED, RESCHEDULED):
                 self._stage(job_id)
             elif state.status == WAITING and len(self.running) < self.slots:
                 self._start(job_id)
@@ -845,6 +881,21 @@ class LocalBackend(Backend):
                 if state["status"] == RUNNING and self._alive(job_id):
                     os.killpg(int(state["pid"]), signal.SIGTERM)
             self._set_state(job_id, KILLED, "Marked for termination")
+
+    def reschedule(self, ids: list[int]) -> None:
+        """As DIRAC does: stop the job wherever it is, forget its results, run it again from Received."""
+        for job_id in ids:
+            state = self._state(job_id)
+            if not state:
+                raise CallFailed(f"reschedule: job {job_id} is unknown to the local backend")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if state["status"] == RUNNING and self._alive(job_id):
+                    os.killpg(int(state["pid"]), signal.SIGTERM)
+            self._set_state(job_id, KILLED, "Rescheduling")   # a runner still ending finds it taken
+            work = self._dir(job_id) / "work"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            self._set_state(job_id, RESCHEDULED, "Job Rescheduled")
 
 
 def run_local_job(folder: Path) -> int:
@@ -978,14 +1029,18 @@ def clean_partial_downloads(batch_dir: Path) -> None:
 class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
                  parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
-                 download_parallel: int = DOWNLOAD_PARALLEL) -> None:
+                 download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
+                 exit_when: str = "all-final") -> None:
         self.store, self.backend, self.display, self.batch_dir = store, backend, display, batch_dir
         self.parallel, self.download_parallel = parallel, download_parallel
         self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
+        self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.jobs = store.jobs()
         self.threadpool = gevent.get_hub().threadpool
         self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
+        self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
+        self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
         self.downloads: gevent.queue.Queue = gevent.queue.Queue()
         self.submitting = 0
         self.downloading = 0
@@ -993,7 +1048,11 @@ class Engine:
         self.finished = gevent.event.Event()
         self.outage_since: Optional[float] = None
         self.interrupted = False
+        self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
         self.crash: Optional[BaseException] = None
+        self.attempt_stats = AttemptStats(self.jobs.values())
+        self.not_retried: set[str] = set()           # reasons already reported as failing everywhere
+        self.final_times: list[float] = []           # when jobs became final in this run: the rate
 
     # -- calls into the backend -------------------------------------------------------------------
 
@@ -1005,13 +1064,18 @@ class Engine:
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self, watch: bool = True) -> dict[int, Job]:
-        """Submit what is not submitted yet; with watch, follow every job until final and downloaded."""
+        """Submit what is not submitted yet; with watch, follow every job until final and downloaded
+        (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
         clean_partial_downloads(self.batch_dir)
-        self.display.summary(self.counts())
+        self.display.start(self)
         for job in self.jobs.values():
-            if job.needs_download:
+            if not job.submitted and job.status == SUBMITTING:
+                self.queue_submission(job)
+            elif job.needs_download:
                 self.downloads.put(job.num)
-        workers = [gevent.spawn(self.submit_all)]
+            elif watch and job.failed:
+                self.settle(job)                 # failed before the last run ended: retry or exit now
+        workers = [gevent.spawn(self.submit_all, watch)]
         if watch:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
         for worker in workers:
@@ -1019,6 +1083,7 @@ class Engine:
         handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
         try:
             if watch:
+                self.check_finished()
                 self.finished.wait()
             else:
                 workers[0].join()
@@ -1027,6 +1092,7 @@ class Engine:
                 handler.cancel()
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
+            self.display.close(self)
         if self.crash:
             raise self.crash
         return self.jobs
@@ -1047,6 +1113,12 @@ class Engine:
         self.stopping.set()
         self.finished.set()
 
+    def exit_early(self, why: str) -> None:
+        self.exited_early = why
+        self.display.message(f"{why}; stopping as --exit-when {self.exit_when} asks "
+                             "(`grid watch` follows the rest)")
+        self.finished.set()
+
     def check_finished(self) -> None:
         pending = any(not j.submitted and j.status == SUBMITTING for j in self.jobs.values())
         active = any(j.submitted and not is_final(j.status) for j in self.jobs.values())
@@ -1057,21 +1129,49 @@ class Engine:
     def counts(self) -> list[int]:
         return column_counts(job.status for job in self.jobs.values())
 
+    def progress(self) -> "Progress":
+        """What the live footer shows; cheap enough to compute twice a second."""
+        now = time.time()
+        recent = [t for t in self.final_times if t > now - RATE_WINDOW]
+        span = now - recent[0] if recent else 0.0
+        rate = len(recent) / span if len(recent) > 1 and span > 1 else 0.0
+        jobs = self.jobs.values()
+        return Progress(counts=self.counts(), total=len(self.jobs),
+                        final=sum(1 for j in jobs if is_final(j.status)),
+                        failed=sum(1 for j in jobs if j.failed),
+                        submitted=sum(1 for j in jobs if j.submitted),
+                        downloaded=sum(1 for j in jobs if j.output), rate=rate,
+                        server=self.server_state())
+
+    def server_state(self) -> str:
+        if self.outage_since is not None:
+            return f"server unreachable since {clock(self.outage_since)}"
+        return "server ok"
+
     # -- submitting -------------------------------------------------------------------------------
 
-    def submit_all(self) -> None:
+    def submit_all(self, keep_going: bool) -> None:
+        """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
         self.reconcile()
-        pending = [j.num for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING]
         pool = gevent.pool.Pool(self.parallel)
-        for num in pending:
-            if self.stopping.is_set():
+        while not self.stopping.is_set():
+            if self.to_submit.empty() and not keep_going:
                 break
+            try:
+                num = self.to_submit.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
             pool.wait_available()
             if self.stopping.is_set():
                 break
             self.submitting += 1
             pool.spawn(self.submit_one, self.jobs[num]).link_exception(self._crashed)
         pool.join()           # submissions in flight are always waited for and recorded
+
+    def queue_submission(self, job: Job) -> None:
+        if job.num not in self.queued:
+            self.queued.add(job.num)
+            self.to_submit.put(job.num)
 
     def reconcile(self) -> None:
         """After a crash, adopt the jobs the server accepted before their ids were stored."""
@@ -1100,6 +1200,8 @@ class Engine:
 
     def submit_one(self, job: Job) -> None:
         try:
+            if job.submitted:                    # found by reconcile() while it waited in the queue
+                return
             spec = self.store.spec(job.num)
             for attempt in range(SUBMIT_ATTEMPTS):
                 tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
@@ -1121,8 +1223,10 @@ class Engine:
                 self.record_submission(job, job_id)
                 return
             self.transition(job, JobState(FAILED, "Submission failed", job.error))
+            self.settle(job)
         finally:
             self.submitting -= 1
+            self.queued.discard(job.num)
             self.check_finished()
 
     def record_submission(self, job: Job, job_id: int) -> None:
@@ -1132,6 +1236,56 @@ class Engine:
         job.error = job.intent = ""
         self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
         self.store.save(job, sync=True)
+
+    # -- resubmitting -----------------------------------------------------------------------------
+
+    def retire_attempt(self, job: Job) -> None:
+        """Keep the attempt that ended apart (its output moves to retried/), so the next starts clean.
+        Safe to repeat after a crash: the move is skipped once done, the record is written last."""
+        kept = ""
+        if job.output:
+            kept = os.path.join(RETRIED_DIR, f"{job.folder_name()}.{len(job.past) + 1}")
+            move_into_place(self.batch_dir / job.output, self.batch_dir / kept)
+        ended = next((t for status, t in reversed(job.history) if status == job.status), None)
+        job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
+                         "site": job.site, "reason": failure_reason(job) if job.failed else "",
+                         "ended": ended, "output": kept})
+        job.output, job.error, job.download_tries = "", "", 0
+
+    def resubmit(self, job: Job) -> None:
+        """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
+        self.retire_attempt(job)
+        job.dirac_id = 0
+        self.transition(job, JobState(SUBMITTING, f"Resubmission {len(job.past)}"), save=False)
+        self.store.save(job, sync=True)
+        self.queue_submission(job)
+
+    def settle(self, job: Job) -> None:
+        """A failed job's output is in (or given up on): resubmit it, or end the watch, as asked."""
+        if self.exit_when == "first-failure":
+            return self.exit_early(f"#{job.num} {job.name} failed ({failure_reason(job)})")
+        refusal = self.retry_refusal(job)
+        if refusal is None:
+            self.display.message(f"#{job.num} {job.name}: resubmitting "
+                                 f"(retry {len(job.past) + 1}/{self.retries}; {failure_reason(job)})")
+            return self.resubmit(job)
+        if refusal and failure_reason(job) not in self.not_retried:
+            self.not_retried.add(failure_reason(job))
+            self.display.message(refusal)
+        if self.exit_when == "all-done":
+            self.exit_early(f"#{job.num} {job.name} failed for good ({failure_reason(job)})")
+
+    def retry_refusal(self, job: Job) -> Optional[str]:
+        """None if --retries allows another attempt; else why not ("" when there is nothing to say)."""
+        if len(job.past) >= self.retries:
+            return ""
+        reason = failure_reason(job)
+        if self.attempt_stats.systematic(reason):
+            failures, finished = self.attempt_stats.failures[reason], self.attempt_stats.finished
+            return (f"not retrying jobs that fail with {reason!r}: {failures} of {finished} finished "
+                    f"attempts failed that way, so it fails everywhere; fix the cause, then "
+                    f"`grid resubmit --reason {shell_quote(reason)}`")
+        return None
 
     # -- monitoring -------------------------------------------------------------------------------
 
@@ -1178,6 +1332,9 @@ class Engine:
             job.history.append([state.status, round(time.time(), 3)])
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
+            if is_final(job.status) and not is_final(old_status):
+                self.final_times.append(time.time())
+                self.attempt_stats.add(job)
             if is_final(job.status) and job.submitted:
                 self.downloads.put(job.num)
         if save:
@@ -1192,8 +1349,8 @@ class Engine:
                 num = self.downloads.get(timeout=0.2)
             except gevent.queue.Empty:
                 continue
+            self.downloading += 1                # counted before waiting: the run is not over
             pool.wait_available()
-            self.downloading += 1
             pool.spawn(self.download_one, self.jobs[num]).link_exception(self._crashed)
         pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
 
@@ -1212,9 +1369,68 @@ class Engine:
                     if job.download_tries < DOWNLOAD_ATTEMPTS:
                         self.stopping.wait(backoff(job.download_tries))
                 self.store.save(job)
+            if job.failed and not job.needs_download and not self.stopping.is_set():
+                self.settle(job)
         finally:
             self.downloading -= 1
             self.check_finished()
+
+
+class AttemptStats:
+    """Finished attempts of the whole batch and how many failed for each reason: the retry policy's
+    evidence that a reason fails everywhere (a broken executable, a missing input) and not by bad luck."""
+
+    def __init__(self, jobs: Iterable[Job]) -> None:
+        self.finished = 0
+        self.failures: dict[str, int] = {}
+        for job in jobs:
+            for attempt in job.past:
+                self._count(attempt["reason"])
+            if is_final(job.status):
+                self.add(job)
+
+    def add(self, job: Job) -> None:
+        self._count(failure_reason(job) if job.failed else "")
+
+    def _count(self, reason: str) -> None:
+        self.finished += 1
+        if reason:
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def systematic(self, reason: str) -> bool:
+        failures = self.failures.get(reason, 0)
+        return failures >= SYSTEMATIC_MIN and failures > SYSTEMATIC_SHARE * self.finished
+
+
+@dataclass(slots=True)
+class Progress:
+    """A moment of the run, for the live footer."""
+
+    counts: list
+    total: int
+    final: int
+    failed: int
+    submitted: int
+    downloaded: int
+    rate: float                                  # jobs becoming final per second, lately
+    server: str
+
+    def eta(self) -> Optional[float]:
+        return (self.total - self.final) / self.rate if self.rate > 0 else None
+
+
+def move_into_place(source: Path, dest: Path) -> None:
+    """Rename a folder, unless an earlier run already did (then the source is gone)."""
+    if source.exists() and not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, dest)
+
+
+def shell_quote(text: str) -> str:
+    """Quote for a command line the user copies: DIRAC's reasons often hold 'single quotes'."""
+    if "'" in text and not any(c in text for c in '"$`\\!'):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 def backoff(attempt: int, base: float = 1.0) -> float:
@@ -1236,7 +1452,8 @@ def clock(when: Optional[float]) -> str:
 # ==================================================================================================
 
 class Display:
-    """The seed's output: a log line per status change and a summary line whenever counts change."""
+    """The seed's output: a log line per status change and a summary line whenever counts change.
+    Plain text with no control characters: what goes to a file, a pipe, CI or `nohup`."""
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
@@ -1247,6 +1464,12 @@ class Display:
     def write(self, line: str) -> None:
         self.out.write(line + "\n")
         self.out.flush()
+
+    def start(self, engine: Engine) -> None:
+        self.summary(engine.counts())
+
+    def close(self, engine: Engine) -> None:
+        """The run is over (finished, stopped or crashed)."""
 
     def summary(self, counts: list[int]) -> None:
         line = summary_line(counts)
@@ -1264,6 +1487,126 @@ class Display:
 
     def message(self, text: str) -> None:
         self.write(f"{clock(None)} {text}")
+
+    def result(self, text: str, record: dict) -> None:
+        """The closing line(s) of a command; record is what --json prints instead."""
+        self.write(text)
+
+
+class LiveDisplay(Display):
+    """On a terminal: the seed's log lines scroll, and one footer line under them is redrawn in place
+    with the counts, a progress bar, the rate, the time left and the server's state."""
+
+    def __init__(self, out: Any = None, color: bool = True) -> None:
+        super().__init__(out)
+        self.color = color
+        self.engine: Optional[Engine] = None
+        self.ticker: Optional[gevent.Greenlet] = None
+        self.footer_shown = False
+
+    def write(self, line: str) -> None:
+        self.out.write(f"\r\x1b[K{line}\n" + self.footer())
+        self.out.flush()
+
+    def start(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ticker = gevent.spawn(self._tick)
+
+    def _tick(self) -> None:
+        while True:
+            self.out.write("\r\x1b[K" + self.footer())
+            self.out.flush()
+            gevent.sleep(FOOTER_REFRESH)
+
+    def close(self, engine: Engine) -> None:
+        if self.ticker:
+            self.ticker.kill()
+        self.engine = None
+        self.out.write("\r\x1b[K")
+        self.write(summary_line(engine.counts()))
+
+    def summary(self, counts: list[int]) -> None:
+        """The footer shows the counts; the seed's summary line is written once, at the end."""
+
+    def footer(self) -> str:
+        if self.engine is None:
+            return ""
+        width = shutil.get_terminal_size((100, 24)).columns
+        return render_footer(self.engine.progress(), width, self.color)
+
+
+class JsonDisplay(Display):
+    """--json: one JSON object per line and event, for programs that follow a run."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}))
+
+    def summary(self, counts: list[int]) -> None:
+        line = summary_line(counts)
+        if line != self.last_summary:
+            self.last_summary = line
+            self.emit("summary", **dict(zip(COLUMN_NAMES, counts)))
+
+    def transition(self, job: Job, old: str) -> None:
+        self.emit("status", num=job.num, id=job.dirac_id or None, name=job.name, old=old, status=job.status,
+                  minor=job.minor, application=job.app, site=job.site)
+
+    def downloaded(self, job: Job) -> None:
+        self.emit("output", num=job.num, id=job.dirac_id, name=job.name, folder=job.output)
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    def result(self, text: str, record: dict) -> None:
+        self.emit("result", **record)
+
+
+def render_footer(p: Progress, width: int, color: bool) -> str:
+    """`S: 0 R: 0 W: 3 M: 0 R: 2 D: 90 F: 5 · [####x---] 95/100 final · ... · server ok`, fitted to
+    the width by leaving out the least important parts: a wrapped footer could not be redrawn."""
+    size = 20
+    done_cells = size * (p.final - p.failed) // max(p.total, 1)
+    failed_cells = size * p.final // max(p.total, 1) - done_cells
+    if color:
+        bar = f"\x1b[32m{'█' * done_cells}\x1b[31m{'█' * failed_cells}\x1b[0m"
+        bar += "░" * (size - done_cells - failed_cells)
+    else:
+        bar = "#" * done_cells + "x" * failed_cells + "-" * (size - done_cells - failed_cells)
+    eta = p.eta()
+    trouble = p.server != "server ok"
+    parts = {"counts": " ".join(f"{letter}: {n}" for (letter, _), n in zip(COLUMNS, p.counts)),
+             "trouble": p.server if trouble else "", "bar": f"[{bar}] {p.final}/{p.total} final",
+             "submitted": f"{p.submitted} submitted", "downloaded": f"{p.downloaded} downloaded",
+             "rate": f"{p.rate * 60:.1f}/min" if p.rate else "rate -",
+             "eta": f"ETA {format_duration(eta)}" if eta is not None else "ETA -",
+             "ok": "" if trouble else p.server}
+    shown = ["counts"]
+    for name in ("trouble", "bar", "submitted", "downloaded", "rate", "eta", "ok"):   # by importance
+        line = " · ".join(parts[n] for n in parts if n in shown + [name] and parts[n])
+        if parts[name] and visible_length(line) <= width - 1:
+            shown.append(name)
+    line = " · ".join(parts[n] for n in parts if n in shown and parts[n])
+    return line if visible_length(line) < width else line[:max(width - 1, 1)]
+
+
+def visible_length(text: str) -> int:
+    return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def make_display(json_lines: bool = False, out: Any = None) -> Display:
+    """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
+    out = out or sys.stdout
+    if json_lines:
+        return JsonDisplay(out)
+    if out.isatty() and os.environ.get("TERM", "") != "dumb":
+        return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
+    return Display(out)
 
 
 # ==================================================================================================
@@ -1297,12 +1640,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 for i, spec in enumerate(specs, 1)]
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
                 "jobfiles": [os.path.abspath(p) for p in args.jobfiles]}
+        if args.retries is not None:
+            meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs)
-        print(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
-              f"on the {args.backend} backend", flush=True)
-        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
-        return finish(engine.run(watch=not args.no_watch), watched=not args.no_watch,
-                      stopped=engine.interrupted)
+        display = make_display(args.json)
+        display.message(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
+                        f"on the {args.backend} backend")
+        return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch)
     finally:
         store.close()
 
@@ -1331,31 +1675,194 @@ def cmd_watch(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     store = Store.open(batch_dir, "watch")
     try:
-        meta = store.meta()
-        backend = make_backend(meta["backend"], batch_dir)
+        backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
-        return finish(engine.run(watch=True), watched=True,
-                      stopped=engine.interrupted)
+        return run_engine(store, backend, make_display(args.json), batch_dir, args, watch=True)
     finally:
         store.close()
 
 
-def finish(jobs: dict[int, Job], watched: bool, stopped: bool) -> int:
-    """The closing lines of submit/watch."""
+def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path,
+               args: argparse.Namespace, watch: bool, prepare: Callable[["Engine"], None] = None) -> int:
+    """Run the engine with the command line's options; --retries is kept in the batch for `watch`."""
+    retries = args.retries if args.retries is not None else store.meta().get("retries", 0)
+    engine = Engine(store, backend, display, batch_dir, parallel=args.parallel, interval=args.interval,
+                    retries=retries, exit_when=args.exit_when)
+    if prepare:
+        prepare(engine)
+    jobs = engine.run(watch=watch)
+    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
+
+
+def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
+           early: Optional[str] = None) -> int:
+    """The closing lines of submit/watch, and the exit code scripts chain on: 0 only if all is Done."""
     if stopped:
         return EXIT_INTERRUPTED
-    if not watched:
-        submitted = sum(1 for j in jobs.values() if j.submitted)
-        print(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`")
-        return EXIT_OK
+    submitted = sum(1 for j in jobs.values() if j.submitted)
     done = sum(1 for j in jobs.values() if j.status == DONE)
-    missing = [j for j in jobs.values() if j.submitted and not j.output]
-    print(f"all {len(jobs)} job(s) final: {done} done, {len(jobs) - done} failed; "
-          f"outputs in {SUCCEEDED_DIR}/ and {FAILED_DIR}/")
+    failed = sum(1 for j in jobs.values() if j.failed)
+    record = {"jobs": len(jobs), "submitted": submitted, "done": done, "failed": failed,
+              "final": sum(1 for j in jobs.values() if is_final(j.status)), "early_exit": early}
+    if not watched:
+        display.result(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`", record)
+        return EXIT_OK
+    missing = [j for j in jobs.values() if j.submitted and is_final(j.status) and not j.output]
+    if early:
+        text = f"stopped early ({early}): {done} done, {failed} failed, " \
+               f"{len(jobs) - record['final']} not final yet; `grid watch` follows them"
+    else:
+        text = f"all {len(jobs)} job(s) final: {done} done, {failed} failed; " \
+               f"outputs in {SUCCEEDED_DIR}/ and {FAILED_DIR}/"
+    if failed:
+        text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        print(f"  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})")
-    return EXIT_OK
+        text += f"\n  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})"
+    record["no_output"] = [j.num for j in missing]
+    display.result(text, record)
+    return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
+
+
+def select_jobs(jobs: dict[int, Job], numbers: list[int], every: bool = False,
+                reason: Optional[str] = None, which: Callable[[Job], bool] = lambda job: True) -> list[Job]:
+    """The jobs a command acts on: named by local number, or every one `which` accepts (--all),
+    or the failed ones whose reason contains a text (--reason, as `grid failures` prints it)."""
+    if not numbers and not every and reason is None:
+        raise UsageError("name the jobs (local numbers, as `grid status` shows them), or use --all",
+                         "e.g. `grid COMMAND 3 7 12` or `grid COMMAND --all`")
+    unknown = [n for n in numbers if n not in jobs]
+    if unknown:
+        raise UsageError(f"no job #{unknown[0]} in this batch (it has #1 to #{len(jobs)})",
+                         "see the numbers with `grid status`")
+    chosen = [jobs[n] for n in dict.fromkeys(numbers)]
+    if every or reason is not None:
+        chosen += [j for j in jobs.values() if which(j) and j.num not in numbers
+                   and (reason is None or (j.failed and reason in failure_reason(j)))]
+    return chosen
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; elsewhere demand --yes, so that no script kills jobs by surprise."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')} needs confirmation, and there is no terminal to ask",
+                         "add --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError("nothing done", "answer y to go ahead, or add --yes")
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    store = Store.open(batch_dir, "resubmit")
+    try:
+        jobs = store.jobs()
+        chosen = select_jobs(jobs, args.jobs, args.all, args.reason, which=lambda job: job.failed)
+        not_final = [j for j in chosen if not is_final(j.status)]
+        if not_final:
+            job = not_final[0]
+            raise UsageError(f"job #{job.num} is {job.status}, not final: it cannot be resubmitted yet",
+                             f"wait for it, or `grid kill {job.num}` first")
+        if not chosen:
+            print("no failed job to resubmit")
+            return EXIT_OK
+        backend = make_backend(store.meta()["backend"], batch_dir)
+        backend.connect()
+        display = make_display(args.json)
+
+        def resubmit_chosen(engine: Engine) -> None:
+            for job in chosen:
+                engine.resubmit(engine.jobs[job.num])
+            display.message(f"resubmitting {len(chosen)} job(s): "
+                            + " ".join(f"#{j.num}" for j in chosen[:20]) + (" ..." if len(chosen) > 20 else ""))
+
+        return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch,
+                          prepare=resubmit_chosen)
+    finally:
+        store.close()
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """Kill jobs on the server. Works beside a running `watch`: it only needs the jobs' ids, and the
+    watch sees the jobs become Killed; alone, it records the new statuses itself."""
+    batch_dir = Path(args.batch).resolve()
+    try:
+        store = Store.open(batch_dir, "kill")
+    except BatchError:
+        if not (batch_dir / STATE_DIR / "db").is_dir():
+            raise
+        store = None                             # in use by a watch: act on a snapshot
+    try:
+        if store is None:
+            with Store.snapshot(batch_dir) as snapshot:
+                meta, jobs = snapshot.meta(), snapshot.jobs()
+        else:
+            meta, jobs = store.meta(), store.jobs()
+        chosen = [j for j in select_jobs(jobs, args.jobs, args.all, which=lambda job: not is_final(job.status))
+                  if not is_final(j.status)]
+        if not chosen:
+            print("no job to kill: every job named is final already")
+            return EXIT_OK
+        confirm(f"kill {len(chosen)} job(s)?", args.yes)
+        backend = make_backend(meta["backend"], batch_dir)
+        backend.connect()
+        on_server = [j.dirac_id for j in chosen if j.submitted]
+        if on_server:
+            for chunk in chunks(on_server, BULK_STATUS_MAX):
+                backend.kill(chunk)
+        unsent = [j for j in chosen if not j.submitted]
+        if store is None:
+            print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
+                  "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
+            return EXIT_OK
+        engine = Engine(store, backend, Display(), batch_dir)
+        for job in unsent:
+            engine.transition(engine.jobs[job.num], JobState(KILLED, "Killed before submission"))
+        if on_server:
+            engine.apply(engine.call(backend.status, on_server))
+        print(f"killed {len(chosen)} job(s); `grid watch` downloads what they left")
+        return EXIT_OK
+    except CallFailed as e:
+        raise BackendError(str(e), "check the server with `grid watch`, then try again") from None
+    finally:
+        if store is not None:
+            store.close()
+
+
+def cmd_reschedule(args: argparse.Namespace) -> int:
+    """DIRAC's reschedule: the same job (same id) runs again; its last output is kept in retried/."""
+    batch_dir = Path(args.batch).resolve()
+    store = Store.open(batch_dir, "reschedule")
+    try:
+        jobs = store.jobs()
+        chosen = select_jobs(jobs, args.jobs)
+        unsent = [j for j in chosen if not j.submitted]
+        if unsent:
+            raise UsageError(f"job #{unsent[0].num} was never submitted, so it cannot be rescheduled",
+                             "`grid watch` submits it")
+        confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
+        backend = make_backend(store.meta()["backend"], batch_dir)
+        backend.connect()
+        engine = Engine(store, backend, Display(), batch_dir)
+        ids = [j.dirac_id for j in chosen]
+        try:
+            engine.call(backend.reschedule, ids)
+            states = engine.call(backend.status, ids)
+        except CallFailed as e:
+            raise BackendError(str(e), "check the jobs with `grid status`; DIRAC limits how often a job "
+                               "is rescheduled, `grid resubmit` has no limit") from None
+        for job in chosen:
+            job = engine.jobs[job.num]
+            if is_final(job.status):
+                engine.retire_attempt(job)
+            engine.transition(job, states.get(job.dirac_id, JobState(RESCHEDULED, "Job Rescheduled")),
+                              save=False)
+            store.save(job, sync=True)
+        print(f"rescheduled {len(chosen)} job(s); follow them with `grid watch`")
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -1382,7 +1889,7 @@ def status_record(job: Job) -> dict:
     return {"num": job.num, "id": job.dirac_id or None, "name": job.name, "status": job.status,
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
-            "history": job.history}
+            "history": job.history, "past": job.past}
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
@@ -1419,8 +1926,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="resume watching and downloading",
         description="Follow the batch's jobs, log every status change, download outputs of final jobs "
-        "into succeeded/ and failed/; submit jobs a stopped `submit` left. Returns when every job is "
-        "final and every output is downloaded. Ctrl-C stops; state is kept.")
+        "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
+        "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
+        "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
+        "every job is Done, 6 if not. Ctrl-C stops; state is kept.")
     add_engine_options(watch)
     watch.set_defaults(func=cmd_watch)
 
@@ -1430,6 +1939,37 @@ def build_parser() -> argparse.ArgumentParser:
         "status, site, output folder. Works while `watch` runs; does not contact the server.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
+
+    resubmit = commands.add_parser(
+        "resubmit", help="submit failed jobs again, as new DIRAC jobs",
+        description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
+        "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
+        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
+    resubmit.add_argument("jobs", nargs="*", type=positive_int, metavar="JOB", help="local job numbers")
+    resubmit.add_argument("--all", action="store_true", help="every failed job")
+    resubmit.add_argument("--reason", metavar="TEXT",
+                          help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
+    add_engine_options(resubmit)
+    resubmit.set_defaults(func=cmd_resubmit)
+
+    kill = commands.add_parser(
+        "kill", help="kill jobs",
+        description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
+        "the watch records the change. Jobs not submitted yet are not submitted.")
+    kill.add_argument("jobs", nargs="*", type=positive_int, metavar="JOB", help="local job numbers")
+    kill.add_argument("--all", action="store_true", help="every job that is not final")
+    kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    kill.set_defaults(func=cmd_kill)
+
+    reschedule = commands.add_parser(
+        "reschedule", help="run jobs again under the same DIRAC id",
+        description="DIRAC's reschedule: the jobs run again from the start with the same id (DIRAC "
+        f"limits how often). The output of the attempt before is moved to {RETRIED_DIR}/. Needs the "
+        "batch: stop `watch` first, and run `watch` after.")
+    reschedule.add_argument("jobs", nargs="+", type=positive_int, metavar="JOB", help="local job numbers")
+    reschedule.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    reschedule.set_defaults(func=cmd_reschedule)
 
     run_local = commands.add_parser("_run-local")     # the local backend's runner; not for users
     run_local.add_argument("folder")
@@ -1443,12 +1983,28 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=positive_float, default=None, metavar="SECONDS",
                         help="seconds between status sweeps (default: "
                         + ", ".join(f"{k} {v:g}" for k, v in INTERVAL.items()) + ")")
+    parser.add_argument("--retries", type=non_negative_int, default=None, metavar="N",
+                        help="resubmit each failed job up to N times, except for a reason that fails "
+                        "more than half of all attempts (kept for later `watch`; default 0)")
+    parser.add_argument("--exit-when", choices=EXIT_WHEN, default="all-final",
+                        help="return when every job is final (default); as soon as one job has failed "
+                        "for good, since not all can be done (all-done); or at the first failure, "
+                        "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line and event, instead of text")
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 

@@ -89,7 +89,7 @@ WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
 TAIL_BYTES = 64 * 1024               # how much of the end of a file is read to find its last lines
 LIST_DEPTH = 5                       # folder levels below FOLDER that `list` searches for batches
 EXAMPLE_JOBS = 10                    # job numbers shown per group by `failures`
-NOT_STARTED_STATUS = 1000            # the exit status DIRAC's Script module reports for a step it could not start
+NOT_STARTED_STATUS = 1000            # exit status DIRAC's Script module gives a step it cannot start
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
@@ -283,7 +283,7 @@ class LoggingRecord:
     minor: str
     app: str
     time: float                                # unix time; 0 when the backend gave none we can read
-    source: str                                # JobManager, Matcher, JobWrapper, ... (locally Scheduler, Runner)
+    source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
 
 
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
@@ -592,8 +592,8 @@ def quiet_dirac_logs(logger: Any) -> None:
 # Backends
 # ==================================================================================================
 # A backend does five things: submit a job, report the state of many jobs at once, fetch a job's
-# output into an empty folder, kill jobs, and tell one job's detailed history. Calls block; `threaded` tells the engine to run them
-# in its threadpool. Failures that may pass raise CallFailed.
+# output into an empty folder, kill jobs, and tell one job's detailed history. Calls block;
+# `threaded` tells the engine to run them in its threadpool. Failures that may pass raise CallFailed.
 
 class Backend:
     name = "?"
@@ -1500,7 +1500,8 @@ def job_number(text: str) -> int:
     try:
         value = int(text.strip().lstrip("#"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a job number: {text!r} (give the local number, e.g. 12)") from None
+        raise argparse.ArgumentTypeError(f"not a job number: {text!r} (give its local number, e.g. 12)") \
+            from None
     if value < 1:
         raise argparse.ArgumentTypeError("job numbers start at 1")
     return value
@@ -1590,7 +1591,8 @@ def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, 
         sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
         examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
         more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
-        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}", f"       jobs:  {examples}{more}",
+        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+                  f"       jobs:  {examples}{more}",
                   f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
     return lines
 
@@ -1630,10 +1632,12 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
         fields.append(("reason", failure_reason(job)))
     id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"
     fields += [("site", job.site or "-"), (id_label, str(job.dirac_id or "- (not submitted)")),
-               ("attempts", f"{job.attempts} (ids: {ids})"), ("output", f"{job.output}/" if job.output else "-")]
+               ("attempts", f"{job.attempts} (ids: {ids})"),
+               ("output", f"{job.output}/" if job.output else "-")]
     if job.error:
         fields.append(("problem", job.error))
-    fields += [("defined at", spec.origin or "-"), ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
+    fields += [("defined at", spec.origin or "-"),
+               ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
     return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
 
 
@@ -1648,8 +1652,8 @@ def stdout_lines(args: argparse.Namespace, job: Job, spec: JobSpec, batch_dir: P
     files = stdout_files(folder, spec) if folder and folder.is_dir() else []
     if not files:
         if folder and folder.is_dir():
-            return [f"stdout: none in {job.output}/ (`{command_hint(args, 'logs', str(job.num), '--file', 'NAME')}` "
-                    "prints another file)"]
+            other = command_hint(args, "logs", str(job.num), "--file", "NAME")
+            return [f"stdout: none in {job.output}/ (`{other}` prints another file)"]
         if not job.submitted:
             return ["stdout: none (the job was never accepted by the server)"]
         if is_final(job.status):
@@ -1666,7 +1670,8 @@ def tail_section(title: str, path: Path, batch_dir: Path) -> list[str]:
     tail = tail_lines(path, WHY_TAIL_LINES)
     if not tail:
         return [f"{title}: {path.relative_to(batch_dir)} is empty"]
-    return [f"{title} (last {len(tail)} lines of {path.relative_to(batch_dir)}):"] + [f"  | {line}" for line in tail]
+    heading = f"{title} (last {len(tail)} lines of {path.relative_to(batch_dir)}):"
+    return [heading] + [f"  | {line}" for line in tail]
 
 
 def stdout_files(folder: Path, spec: JobSpec) -> list[Path]:
@@ -1740,8 +1745,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
         folder = batch_dir / job.output
     files = [chosen_file(args, job, folder)] if args.file else stdout_files(folder, spec)
     if not files:
+        other = command_hint(args, "logs", str(job.num), "--file", "NAME")
         raise GridError(f"#{job.num} has no stdout in {job.output}/ ({folder_contents(folder)})",
-                        f"print one of its files with `{command_hint(args, 'logs', str(job.num), '--file', 'NAME')}`")
+                        f"print one of its files with `{other}`")
     sys.stdout.flush()
     for path in files:
         if len(files) > 1:
@@ -1782,7 +1788,8 @@ def fetch_now(args: argparse.Namespace, batch_dir: Path, meta: dict, job: Job) -
                          f"wait until `grid status` shows its output folder (a running `watch` downloads it), "
                          f"then run `{command_hint(args, 'logs', str(job.num))}` again") from None
     try:
-        return fetch_with(store, make_backend(meta.get("backend", DEFAULT_BACKEND), batch_dir), batch_dir, job.num)
+        backend = make_backend(meta.get("backend", DEFAULT_BACKEND), batch_dir)
+        return fetch_with(store, backend, batch_dir, job.num)
     finally:
         store.close()
 
@@ -1799,7 +1806,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
             if job.status != before:
                 print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
         if not is_final(job.status):
-            raise GridError(f"#{job.num} {job.name} is {job.status}: its output can be fetched once it is final",
+            raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                             "try again later; `grid watch` follows it and downloads the output")
         if not job.output or not (batch_dir / job.output).is_dir():
             job.output = engine.call(download_output, backend, job, batch_dir)

@@ -237,6 +237,15 @@ def test_logs_downloads_a_missing_output_unless_another_command_holds_the_batch(
     assert not list((copy / ".grid").glob("tmp/*"))
 
 
+def test_logs_of_a_job_not_final_asks_the_backend_and_says_when_to_come_back(batch):
+    assert run(batch, "submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py").returncode == 0
+    result = run(batch, "logs", "1")
+    assert result.returncode == 1
+    assert "#1 Test job: Waiting on the server (was Received here)" in result.stderr   # one status call
+    assert "grid: error: #1 Test job is Waiting: its output comes once it is final" in result.stderr
+    assert stored_jobs(batch)[1].status == "Waiting" and not (batch / "succeeded").exists()
+
+
 # -- export ---------------------------------------------------------------------------------------
 
 def test_export_writes_one_row_per_job_with_every_stored_field(finished, tmp_path):

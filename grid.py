@@ -33,7 +33,10 @@ from gevent import monkey
 monkey.patch_all(thread=False)
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
+import collections  # noqa: E402
 import contextlib  # noqa: E402
+import csv  # noqa: E402
+import datetime  # noqa: E402
 import fcntl  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
@@ -85,6 +88,11 @@ SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is re
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
+WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
+TAIL_BYTES = 64 * 1024               # how much of the end of a file is read to find its last lines
+LIST_DEPTH = 5                       # folder levels below FOLDER that `list` searches for batches
+EXAMPLE_JOBS = 10                    # job numbers shown per group by `failures`
+NOT_STARTED_STATUS = 1000            # exit status DIRAC's Script module gives a step it cannot start
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
 EXIT_WHEN = ("all-final", "all-done", "first-failure")   # when `watch` returns
 SYSTEMATIC_SHARE = 0.5               # a reason failing more than this share of all attempts ...
@@ -111,12 +119,6 @@ class GridError(Exception):
         self.message, self.fix = message, fix
 
 
-class UsageError(GridError):
-    """The command line asks for something that cannot be done (an unknown job, a missing --yes)."""
-
-    exit_code = EXIT_USAGE
-
-
 class JobFileError(GridError):
     """The job file cannot be run or submits something that is not a job; nothing is submitted."""
 
@@ -127,6 +129,17 @@ class BatchError(GridError):
     """The batch directory has no batch, holds one already, or is in use by another command."""
 
     exit_code = EXIT_BATCH
+
+
+class BatchInUse(BatchError):
+    """Another command holds the batch's database (LevelDB allows one process at a time)."""
+
+
+class UsageError(GridError):
+    """An argument names something the batch does not have (a job number, a folder), or the command
+    needs a confirmation (--yes) it cannot ask for."""
+
+    exit_code = EXIT_USAGE
 
 
 class BackendError(GridError):
@@ -170,6 +183,11 @@ FINAL = frozenset({DONE, FAILED, KILLED, DELETED})
 
 def is_final(status: str) -> bool:
     return status in FINAL
+
+
+def is_failed(status: str) -> bool:
+    """Final and not Done: the F column's jobs, whose outputs go to failed/."""
+    return is_final(status) and status != DONE
 
 
 def column_counts(statuses: Iterable[str]) -> list[int]:
@@ -241,14 +259,6 @@ class Job:
         return os.path.join(SUCCEEDED_DIR if self.status == DONE else FAILED_DIR, self.folder_name())
 
 
-def failure_reason(job: Job) -> str:
-    """What a failed job's attempt died of, as one line: jobs that share it failed the same way."""
-    parts = [job.status, job.minor or "-"]
-    if job.app:
-        parts.append(job.app)
-    return ": ".join(parts[:2]) + (f" / {parts[2]}" if len(parts) > 2 else "")
-
-
 @dataclass(slots=True)
 class JobSpec:
     """What is needed to submit (and resubmit) a job, taken from DIRAC's Job object once."""
@@ -277,6 +287,38 @@ class JobState:
     minor: str = ""
     app: str = ""
     site: str = ""
+
+
+@dataclass(slots=True)
+class LoggingRecord:
+    """One line of a job's history as the backend keeps it (DIRAC's JobLoggingDB), shown by `why`:
+    it has the steps grid.py never sees between two status sweeps, and who made each."""
+
+    status: str
+    minor: str
+    app: str
+    time: float                                # unix time; 0 when the backend gave none we can read
+    source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
+
+
+EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
+
+
+def failure_reason(job: Job) -> str:
+    """The group key of a failed job: its status, minor and application status as DIRAC words them.
+
+    DIRAC puts a step's exit code in the application status ("sh Exited With Status 3"), so the
+    code is part of the key wherever it is known. The site is left out on purpose: one cause that
+    fails jobs at many sites is one group (`failures` lists the sites of each group). `resubmit
+    --reason TEXT` selects the failed jobs whose reason contains TEXT.
+    """
+    return f"{job.status}: {job.minor or '-'} / {job.app or '-'}"
+
+
+def exit_code(job: Job) -> Optional[int]:
+    """The exit status of the step that failed, when the application status tells it."""
+    match = EXIT_STATUS_PATTERN.search(job.app)
+    return int(match.group(1)) if match else None
 
 
 # ==================================================================================================
@@ -315,7 +357,7 @@ class Store:
                              "submit from a directory you can write to") from None
         except plyvel.IOError as e:
             if "lock" in str(e).lower():
-                raise BatchError(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
+                raise BatchInUse(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
                                  "wait for it to finish or stop it (Ctrl-C); "
                                  "`grid status` works meanwhile") from None
             raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
@@ -564,9 +606,9 @@ def quiet_dirac_logs(logger: Any) -> None:
 # ==================================================================================================
 # Backends
 # ==================================================================================================
-# A backend does four things: submit a job, report the state of many jobs at once, fetch a job's
-# output into an empty folder, and kill jobs. Calls block; `threaded` tells the engine to run them
-# in its threadpool. Failures that may pass raise CallFailed.
+# A backend does five things: submit a job, report the state of many jobs at once, fetch a job's
+# output into an empty folder, kill jobs, and tell one job's detailed history. Calls block;
+# `threaded` tells the engine to run them in its threadpool. Failures that may pass raise CallFailed.
 
 class Backend:
     name = "?"
@@ -595,6 +637,10 @@ class Backend:
         """Run the same jobs (same ids) again from the start."""
         raise BackendError(f"the {self.name} backend cannot reschedule jobs",
                            "use `grid resubmit`, which submits them again as new jobs")
+
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        """Every state the backend recorded for one job, oldest first (one call: `why` asks on demand)."""
+        raise NotImplementedError
 
 
 TAG_PATTERN = re.compile(JOB_TAG_ATTRIBUTE + r'\s*=\s*"([^"]+)"')
@@ -711,6 +757,20 @@ class DiracBackend(Backend):
     def reschedule(self, ids: list[int]) -> None:
         self._value(self._client("wms").rescheduleJob(list(ids)), "reschedule")
 
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        rows = self._value(self._client("monitoring").getJobLoggingInfo(int(job_id)), "logging info")
+        return [LoggingRecord(str(status), str(minor), str(app), dirac_time(str(when)), str(source))
+                for status, minor, app, when, source in rows]
+
+
+def dirac_time(text: str) -> float:
+    """DIRAC's time stamps are UTC 'YYYY-MM-DD HH:MM:SS' strings; 0 when it is not one."""
+    try:
+        stamp = datetime.datetime.strptime(text.split(".")[0], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return 0.0
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
 
 class LocalBackend(Backend):
     """Runs jobs on this machine, at most one per CPU at once, passing through DIRAC's statuses.
@@ -742,8 +802,7 @@ class LocalBackend(Backend):
             return {}
 
     def _set_state(self, job_id: int, status: str, minor: str = "", app: str = "", **extra: Any) -> None:
-        state = {"status": status, "minor": minor, "app": app, "site": "Local", **extra}
-        atomic_write(self._dir(job_id) / "state.json", json.dumps(state).encode())
+        write_local_state(self._dir(job_id), "Scheduler", status, minor, app, **extra)
 
     def _new_id(self) -> int:
         """A fresh id, claimed by creating its folder (atomic, so ids are never shared)."""
@@ -897,6 +956,42 @@ class LocalBackend(Backend):
             work.mkdir()
             self._set_state(job_id, RESCHEDULED, "Job Rescheduled")
 
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        try:
+            lines = (self._dir(job_id) / LOCAL_LOGGING).read_text().splitlines()
+        except FileNotFoundError:                # a job run by an older grid.py: its state is all there is
+            state = self._state(job_id)
+            if not state:
+                raise CallFailed(f"no logging information for local job {job_id}") from None
+            return [LoggingRecord(state["status"], state.get("minor", ""), state.get("app", ""),
+                                  state.get("ended") or state.get("since") or 0, "state.json")]
+        records = []
+        for line in lines:
+            try:
+                status, minor, app, when, source = json.loads(line)
+            except (ValueError, TypeError):
+                continue                             # a line cut short by a crash
+            records.append(LoggingRecord(status, minor, app, when, source))
+        return records
+
+
+LOCAL_SITE = "Local"
+LOCAL_LOGGING = "logging.jsonl"                  # a local job's history, one JSON list per line
+
+
+def write_local_state(folder: Path, source: str, status: str, minor: str = "", app: str = "",
+                      **extra: Any) -> None:
+    """Set a local job's state and add a line to its history, as DIRAC's JobLoggingDB would.
+
+    The state comes first: a crash between the two loses a line of history, never a state. Lines
+    are appended in one write each, so the scheduler and the runner never mix their lines.
+    """
+    state = {"status": status, "minor": minor, "app": app, "site": LOCAL_SITE, **extra}
+    atomic_write(folder / "state.json", json.dumps(state).encode())
+    line = json.dumps([status, minor, app, round(time.time(), 3), source]) + "\n"
+    with open(folder / LOCAL_LOGGING, "a") as log:
+        log.write(line)
+
 
 def run_local_job(folder: Path) -> int:
     """The runner of one local job (its own process): run each step as DIRAC's Script module would."""
@@ -906,15 +1001,13 @@ def run_local_job(folder: Path) -> int:
     state = json.loads((folder / "state.json").read_bytes())
     if state["status"] != MATCHED:
         return 0                                 # already run, or put back to Waiting meanwhile
-    atomic_write(folder / "state.json", json.dumps(
-        {"status": RUNNING, "minor": "Application", "app": "", "site": "Local", "pid": os.getpid()}).encode())
+    write_local_state(folder, "Runner", RUNNING, "Application", pid=os.getpid())
     spec = json.loads((folder / "spec.json").read_bytes())
     work = folder / "work"
     os.chdir(work)
 
     def finish(status: str, minor: str, app: str) -> int:
-        state = {"status": status, "minor": minor, "app": app, "site": "Local", "ended": time.time()}
-        atomic_write(folder / "state.json", json.dumps(state).encode())
+        write_local_state(folder, "Runner", status, minor, app, ended=time.time())
         return 0
 
     with open(work / "std.out", "ab") as stdout, open(work / "std.err", "ab") as stderr:
@@ -923,10 +1016,10 @@ def run_local_job(folder: Path) -> int:
             name = os.path.basename(executable).split("_")[0] or executable
             try:
                 done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
-            except OSError as e:
+            except OSError as e:                 # DIRAC's words for a step it cannot start
                 stderr.write(f"{executable}: {e.strerror}\n".encode())
                 return finish(FAILED, "Application Finished With Errors",
-                              f"'{name}' Exited With Status 127")
+                              f"{name} Exited With Status {NOT_STARTED_STATUS}")
             stdout.write(done.stdout)
             stderr.write(done.stderr)
             with open(work / log_name, "wb") as log:
@@ -935,7 +1028,7 @@ def run_local_job(folder: Path) -> int:
                     log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n" % executable.encode() + done.stderr)
             if done.returncode != 0:
                 return finish(FAILED, "Application Finished With Errors",
-                              f"'{name}' Exited With Status {done.returncode}")
+                              f"{name} Exited With Status {done.returncode}")
     return finish(DONE, "Execution Complete", "Job finished successfully")
 
 
@@ -1426,13 +1519,6 @@ def move_into_place(source: Path, dest: Path) -> None:
         os.rename(source, dest)
 
 
-def shell_quote(text: str) -> str:
-    """Quote for a command line the user copies: DIRAC's reasons often hold 'single quotes'."""
-    if "'" in text and not any(c in text for c in '"$`\\!'):
-        return f'"{text}"'
-    return shlex.quote(text)
-
-
 def backoff(attempt: int, base: float = 1.0) -> float:
     """Exponential backoff with jitter, so that many clients do not retry in step."""
     return min(BACKOFF_MAX, base * 2 ** min(attempt, 12)) * random.uniform(0.5, 1.0)
@@ -1723,18 +1809,14 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
 
 
-def select_jobs(jobs: dict[int, Job], numbers: list[int], every: bool = False,
+def select_jobs(jobs: dict[int, Job], batch_dir: Path, numbers: list[int], every: bool = False,
                 reason: Optional[str] = None, which: Callable[[Job], bool] = lambda job: True) -> list[Job]:
     """The jobs a command acts on: named by local number, or every one `which` accepts (--all),
     or the failed ones whose reason contains a text (--reason, as `grid failures` prints it)."""
     if not numbers and not every and reason is None:
         raise UsageError("name the jobs (local numbers, as `grid status` shows them), or use --all",
                          "e.g. `grid COMMAND 3 7 12` or `grid COMMAND --all`")
-    unknown = [n for n in numbers if n not in jobs]
-    if unknown:
-        raise UsageError(f"no job #{unknown[0]} in this batch (it has #1 to #{len(jobs)})",
-                         "see the numbers with `grid status`")
-    chosen = [jobs[n] for n in dict.fromkeys(numbers)]
+    chosen = [pick_job(jobs, num, batch_dir) for num in dict.fromkeys(numbers)]
     if every or reason is not None:
         chosen += [j for j in jobs.values() if which(j) and j.num not in numbers
                    and (reason is None or (j.failed and reason in failure_reason(j)))]
@@ -1758,7 +1840,7 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     store = Store.open(batch_dir, "resubmit")
     try:
         jobs = store.jobs()
-        chosen = select_jobs(jobs, args.jobs, args.all, args.reason, which=lambda job: job.failed)
+        chosen = select_jobs(jobs, batch_dir, args.jobs, args.all, args.reason, which=lambda job: job.failed)
         not_final = [j for j in chosen if not is_final(j.status)]
         if not_final:
             job = not_final[0]
@@ -1789,9 +1871,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     try:
         store = Store.open(batch_dir, "kill")
-    except BatchError:
-        if not (batch_dir / STATE_DIR / "db").is_dir():
-            raise
+    except BatchInUse:
         store = None                             # in use by a watch: act on a snapshot
     try:
         if store is None:
@@ -1799,7 +1879,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
                 meta, jobs = snapshot.meta(), snapshot.jobs()
         else:
             meta, jobs = store.meta(), store.jobs()
-        chosen = [j for j in select_jobs(jobs, args.jobs, args.all, which=lambda job: not is_final(job.status))
+        chosen = [j for j in select_jobs(jobs, batch_dir, args.jobs, args.all,
+                                         which=lambda job: not is_final(job.status))
                   if not is_final(j.status)]
         if not chosen:
             print("no job to kill: every job named is final already")
@@ -1836,7 +1917,7 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
     store = Store.open(batch_dir, "reschedule")
     try:
         jobs = store.jobs()
-        chosen = select_jobs(jobs, args.jobs)
+        chosen = select_jobs(jobs, batch_dir, args.jobs)
         unsent = [j for j in chosen if not j.submitted]
         if unsent:
             raise UsageError(f"job #{unsent[0].num} was never submitted, so it cannot be rescheduled",
@@ -1892,6 +1973,453 @@ def status_record(job: Job) -> dict:
             "history": job.history, "past": job.past}
 
 
+# -- day to day: failures, why, logs, export, list ------------------------------------------------
+# All of them read a snapshot of the batch (they work while `watch` runs) and import DIRAC only to
+# ask the server something: `why` for DIRAC's logging info, `logs` for an output not downloaded yet.
+
+def job_number(text: str) -> int:
+    """A job's local number as the log lines show it: `12` or `#12`."""
+    try:
+        value = int(text.strip().lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a job number: {text!r} (give its local number, e.g. 12)") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("job numbers start at 1")
+    return value
+
+
+def pick_job(jobs: dict[int, Job], num: int, batch_dir: Path) -> Job:
+    if num not in jobs:
+        have = f"its jobs are #1 to #{max(jobs)}" if jobs else "it has no job"
+        raise UsageError(f"no job #{num} in the batch in {batch_dir} ({have})",
+                         "`grid status` lists the jobs with their numbers")
+    return jobs[num]
+
+
+def command_hint(args: argparse.Namespace, *words: str) -> str:
+    """A command line the user can paste back: the same program name, and -C when it was given."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    program = program if program in ("grid", "grid.py") else "grid"
+    batch = ["-C", args.batch] if args.batch != "." else []
+    return " ".join([program, *map(shell_quote, batch), *map(shell_quote, words)])
+
+
+def shell_quote(text: str) -> str:
+    """Quote for the shell, readably: DIRAC's reasons often hold single quotes, rarely double ones."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", text):
+        return text
+    if "'" in text and not re.search(r'["$`\\!]', text):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
+def when(stamp: float) -> str:
+    """A unix time as local date and time, or '-' when unknown."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[int, Job], Optional[JobSpec]]:
+    """The batch's meta and jobs from a snapshot, and job num's spec when asked for."""
+    with Store.snapshot(batch_dir) as store:
+        meta, jobs = store.meta(), store.jobs()
+        spec = store.spec(pick_job(jobs, num, batch_dir).num) if num is not None else None
+    return meta, jobs, spec
+
+
+# failures
+
+def failure_groups(jobs: Iterable[Job]) -> list[tuple[str, list[Job]]]:
+    """Failed jobs by failure_reason, the biggest group first."""
+    groups: dict[str, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.num):
+        if is_failed(job.status):
+            groups.setdefault(failure_reason(job), []).append(job)
+    return sorted(groups.items(), key=lambda group: (-len(group[1]), group[0]))
+
+
+def site_counts(jobs: list[Job]) -> dict[str, int]:
+    """Jobs per site, the most frequent first ('-' for jobs that never reached one)."""
+    counts = collections.Counter(job.site or "-" for job in jobs)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    groups = failure_groups(jobs.values())
+    if args.json:
+        print_json({"batch": str(batch_dir), "jobs": len(jobs), "failed": sum(len(g) for _, g in groups),
+                    "groups": [failure_record(reason, members) for reason, members in groups]})
+    else:
+        sys.stdout.write("".join(line + "\n" for line in failure_lines(args, len(jobs), groups)))
+    return EXIT_OK
+
+
+def failure_record(reason: str, members: list[Job]) -> dict:
+    first = members[0]
+    return {"reason": reason, "count": len(members), "status": first.status, "minor": first.minor,
+            "application": first.app, "exit_code": exit_code(first), "sites": site_counts(members),
+            "jobs": [job.num for job in members]}
+
+
+def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, list[Job]]]) -> list[str]:
+    failed = sum(len(members) for _, members in groups)
+    if not failed:
+        return [f"no failed job among {total}"]
+    lines = [f"{failed} of {total} job(s) failed, for {len(groups)} reason(s); "
+             f"details of one: {command_hint(args, 'why', 'N')}"]
+    for reason, members in groups:
+        sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
+        examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
+        more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
+        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+                  f"       jobs:  {examples}{more}",
+                  f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
+    return lines
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout)
+    sys.stdout.write("\n")
+
+
+# why
+
+def cmd_why(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    meta, jobs, spec = read_batch(batch_dir, args.job)
+    job = jobs[args.job]
+    lines = job_lines(job, spec, meta) + history_lines(job)
+    lines += stdout_lines(args, job, spec, batch_dir)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    if job.submitted and not args.offline:
+        print_logging_info(meta.get("backend", DEFAULT_BACKEND), job, batch_dir)
+    return EXIT_OK
+
+
+def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
+    """What the store knows about one job, a field per line."""
+    since = job.history[-1][1] if job.history else 0
+    ids = ", ".join(map(str, job.ids)) or "-"
+    fields = [("status", f"{job.status} since {when(since)}"), ("minor", job.minor or "-"),
+              ("application", job.app or "-")]
+    code = exit_code(job)
+    if code == NOT_STARTED_STATUS:
+        fields.append(("exit code", f"none: the step could not be started (DIRAC reports {code})"))
+    elif code is not None:
+        fields.append(("exit code", str(code)))
+    if is_failed(job.status):
+        fields.append(("reason", failure_reason(job)))
+    id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"
+    fields += [("site", job.site or "-"), (id_label, str(job.dirac_id or "- (not submitted)")),
+               ("attempts", f"{job.attempts} (ids: {ids})"),
+               ("output", f"{job.output}/" if job.output else "-")]
+    if job.error:
+        fields.append(("problem", job.error))
+    fields += [("defined at", spec.origin or "-"),
+               ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
+    return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+
+
+def history_lines(job: Job) -> list[str]:
+    lines = ["history (as grid.py saw it):"]
+    return lines + [f"  {when(entry[1])}  {entry[0]}" for entry in job.history]
+
+
+def stdout_lines(args: argparse.Namespace, job: Job, spec: JobSpec, batch_dir: Path) -> list[str]:
+    """The last lines of the job's stdout, or why there are none yet."""
+    folder = batch_dir / job.output if job.output else None
+    files = stdout_files(folder, spec) if folder and folder.is_dir() else []
+    if not files:
+        if folder and folder.is_dir():
+            other = command_hint(args, "logs", str(job.num), "--file", "NAME")
+            return [f"stdout: none in {job.output}/ (`{other}` prints another file)"]
+        if not job.submitted:
+            return ["stdout: none (the job was never accepted by the server)"]
+        if is_final(job.status):
+            return [f"stdout: not downloaded yet (`{command_hint(args, 'logs', str(job.num))}` fetches it)"]
+        return [f"stdout: none yet (the job is {job.status})"]
+    lines = tail_section("stdout", files[-1], batch_dir)   # the last step that wrote a log is where it ended
+    errors = folder / "std.err"
+    if is_failed(job.status) and errors.is_file() and errors.stat().st_size:
+        lines += tail_section("stderr", errors, batch_dir)
+    return lines
+
+
+def tail_section(title: str, path: Path, batch_dir: Path) -> list[str]:
+    tail = tail_lines(path, WHY_TAIL_LINES)
+    if not tail:
+        return [f"{title}: {path.relative_to(batch_dir)} is empty"]
+    heading = f"{title} (last {len(tail)} lines of {path.relative_to(batch_dir)}):"
+    return [heading] + [f"  | {line}" for line in tail]
+
+
+def stdout_files(folder: Path, spec: JobSpec) -> list[Path]:
+    """Where a job's stdout is: each step's application log (Script1_<name>.log), which holds what
+    the step printed, on the grid and locally; else std.out (on the grid, the job wrapper's log)."""
+    logs = [inside(folder, step[2]) for step in spec.steps]
+    found = [path for path in logs if path and path.is_file()]
+    if found:
+        return found
+    wrapper = folder / "std.out"
+    return [wrapper] if wrapper.is_file() else []
+
+
+def inside(folder: Path, name: str) -> Optional[Path]:
+    """folder/name if that stays inside folder (names come from job files and archives)."""
+    path = (folder / name).resolve()
+    return path if path.is_relative_to(folder.resolve()) and path != folder.resolve() else None
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last lines of a file, reading only its end: outputs can be large."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - TAIL_BYTES))
+        lines = f.read().decode(errors="replace").splitlines()
+    if size > TAIL_BYTES:
+        lines = lines[1:]                     # cut in the middle
+    return lines[-count:]
+
+
+def print_logging_info(backend_name: str, job: Job, batch_dir: Path) -> None:
+    """The backend's own history of the job (DIRAC: JobMonitoring's getJobLoggingInfo), one call."""
+    backend = make_backend(backend_name, batch_dir)
+    try:
+        if backend.threaded:                  # only DIRAC needs connecting; local reads files
+            backend.connect()
+        records = blocking_call(backend, backend.logging_info, job.dirac_id)
+    except GridError as e:
+        fix = "; or " if e.fix else ""
+        raise BackendError(e.message, f"{e.fix}{fix}add --offline to leave DIRAC's logging info out") from None
+    except CallFailed as e:
+        raise BackendError(f"cannot fetch the logging info of job {job.dirac_id}: {e}",
+                           "try again later, or add --offline to leave it out") from None
+    title = "DIRAC logging info" if backend.name == "dirac" else "local backend's logging info"
+    rows = [(when(r.time), r.status, r.minor or "-", r.app or "-", r.source or "-") for r in records]
+    sys.stdout.write(f"{title} (job {job.dirac_id}):\n" + "".join(f"  {line}\n" for line in table(rows)))
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)] if rows else []
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def blocking_call(backend: Backend, fn: Callable, *args: Any) -> Any:
+    """A single backend call outside the engine: in gevent's threadpool when the backend is DIRAC."""
+    if backend.threaded:
+        return gevent.get_hub().threadpool.spawn(fn, *args).get()
+    return fn(*args)
+
+
+# logs
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    meta, jobs, spec = read_batch(batch_dir, args.job)
+    job = jobs[args.job]
+    folder = batch_dir / (job.output or job.output_folder())
+    if not folder.is_dir():
+        job = fetch_now(args, batch_dir, meta, job)
+        folder = batch_dir / job.output
+    files = [chosen_file(args, job, folder)] if args.file else stdout_files(folder, spec)
+    if not files:
+        other = command_hint(args, "logs", str(job.num), "--file", "NAME")
+        raise GridError(f"#{job.num} has no stdout in {job.output}/ ({folder_contents(folder)})",
+                        f"print one of its files with `{other}`")
+    sys.stdout.flush()
+    for path in files:
+        if len(files) > 1:
+            sys.stdout.buffer.write(f"==> {path.name} <==\n".encode())
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def chosen_file(args: argparse.Namespace, job: Job, folder: Path) -> Path:
+    path = inside(folder, args.file)
+    if not path or not path.is_file():
+        raise UsageError(f"no file {args.file!r} in {job.output}/ ({folder_contents(folder)})",
+                         "give one of the files it holds")
+    return path
+
+
+def folder_contents(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    return "it holds " + ", ".join(names) if names else "it is empty: the job registered no output"
+
+
+def fetch_now(args: argparse.Namespace, batch_dir: Path, meta: dict, job: Job) -> Job:
+    """Download a job's output now, through the engine's own code, into the folder `watch` would use.
+
+    This needs the batch's database (to record the folder). When another command holds it, the
+    user is told so: that command is `watch` or `submit`, which downloads final jobs itself.
+    """
+    if not job.submitted:
+        raise GridError(f"#{job.num} {job.name} was never accepted by the server, so it has no output",
+                        f"see why with `{command_hint(args, 'why', str(job.num))}`")
+    try:
+        store = Store.open(batch_dir, "logs")
+    except BatchInUse:
+        raise BatchInUse(f"the output of #{job.num} is not downloaded yet and the batch is in use by "
+                         f"{describe_owner(batch_dir / STATE_DIR)}",
+                         f"wait until `grid status` shows its output folder (a running `watch` downloads it), "
+                         f"then run `{command_hint(args, 'logs', str(job.num))}` again") from None
+    try:
+        backend = make_backend(meta.get("backend", DEFAULT_BACKEND), batch_dir)
+        return fetch_with(store, backend, batch_dir, job.num)
+    finally:
+        store.close()
+
+
+def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job:
+    """Ask for the job's status if we do not know it final yet, then download its output once."""
+    backend.connect()
+    engine = Engine(store, backend, Display(io.StringIO()), batch_dir)
+    job = engine.jobs[num]
+    try:
+        if not is_final(job.status):
+            before = job.status
+            engine.apply(engine.call(backend.status, [job.dirac_id]))
+            if job.status != before:
+                print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+        if not is_final(job.status):
+            raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
+                            "try again later; `grid watch` follows it and downloads the output")
+        if not job.output or not (batch_dir / job.output).is_dir():
+            job.output = engine.call(download_output, backend, job, batch_dir)
+            job.error = ""
+            store.save(job, sync=True)
+            print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
+    except (CallFailed, tarfile.TarError) as e:
+        raise BackendError(f"cannot download the output of #{job.num}: {e}",
+                           "try again later; `grid watch` retries downloads by itself") from None
+    return job
+
+
+# export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not args.csv and not args.json:
+        raise UsageError("say where to export to", "give --csv FILE and/or --json FILE ('-' for the terminal)")
+    if args.csv == "-" and args.json == "-":
+        raise UsageError("--csv - and --json - would both go to the terminal", "write one of them to a file")
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    ordered = [jobs[num] for num in sorted(jobs)]
+    for target, text in ((args.csv, jobs_csv(ordered)), (args.json, jobs_json(ordered))):
+        if target == "-":
+            sys.stdout.write(text)
+        elif target:
+            atomic_write(Path(target), text.encode())
+            print(f"{len(ordered)} job(s) written to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def jobs_csv(jobs: list[Job]) -> str:
+    """One row per job, a column per stored field; lists become one readable cell each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(Job.FIELDS)
+    for job in jobs:
+        writer.writerow([csv_cell(name, value) for name, value in job.to_dict().items()])
+    return out.getvalue()
+
+
+def csv_cell(name: str, value: Any) -> Any:
+    """ids as "12;15"; history as "Received 2025-01-31T12:00:00+01:00; Waiting ..."; other lists as JSON."""
+    if name == "ids":
+        return ";".join(map(str, value))
+    if name == "history":
+        return "; ".join(f"{entry[0]} {iso_time(entry[1])}" for entry in value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def iso_time(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
+
+
+def jobs_json(jobs: list[Job]) -> str:
+    """A JSON array with one object per job (every stored field, as stored), one job per line."""
+    return "[\n" + ",\n".join(json.dumps(job.to_dict()) for job in jobs) + "\n]\n"
+
+
+# list
+
+def cmd_list(args: argparse.Namespace) -> int:
+    root = Path(args.folder if args.folder is not None else args.batch).resolve()
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder", "give a folder that holds batch directories")
+    batches = [batch_record(path, root) for path in find_batches(root, args.depth)]
+    if args.json:
+        print_json(batches)
+    elif not batches:
+        print(f"no batch under {root} (a batch is a directory with {STATE_DIR}/db in it)", file=sys.stderr)
+    else:
+        sys.stdout.write("".join(batch_line(record) + "\n" for record in batches))
+    return EXIT_BATCH if any(record["error"] for record in batches) else EXIT_OK
+
+
+def find_batches(root: Path, depth: int) -> list[Path]:
+    """Batch directories (with .grid/db) under root; hidden folders and a batch's output folders,
+    which can hold thousands of job folders, are not searched."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        skip = {SUCCEEDED_DIR, FAILED_DIR} if (here / STATE_DIR / "db").is_dir() else set()
+        if skip:
+            found.append(here)
+        deep_enough = len(here.relative_to(root).parts) >= depth
+        subfolders[:] = [] if deep_enough else sorted(d for d in subfolders
+                                                      if not d.startswith(".") and d not in skip)
+    return sorted(found)
+
+
+def batch_record(path: Path, root: Path) -> dict:
+    """One batch's summary from a snapshot; a batch that cannot be read says why."""
+    record: dict = {"path": os.path.relpath(path, root), "batch": str(path), "tag": None, "backend": None,
+                    "created": None, "jobs": 0, "summary": None, "in_use_by": live_owner(path / STATE_DIR),
+                    "error": None}
+    try:
+        with Store.snapshot(path) as store:
+            meta, jobs = store.meta(), store.jobs()
+    except (GridError, OSError, plyvel.Error, ValueError) as e:
+        record["error"] = getattr(e, "message", None) or str(e)
+        return record
+    counts = column_counts(job.status for job in jobs.values())
+    record.update(tag=meta.get("tag"), backend=meta.get("backend"), created=meta.get("created"),
+                  jobs=len(jobs), summary=dict(zip(COLUMN_NAMES, counts)))
+    return record
+
+
+def batch_line(record: dict) -> str:
+    if record["error"]:
+        return f"{record['path']}\tunreadable: {record['error']}"
+    counts = [record["summary"][name] for name in COLUMN_NAMES]
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"])) if record["created"] else "-"
+    line = f"{record['path']}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
+    owner = record["in_use_by"]
+    return line + (f"\tin use by `grid {owner['command']}` (pid {owner['pid']})" if owner else "")
+
+
+def live_owner(state_dir: Path) -> Optional[dict]:
+    """The command holding the batch, if its process still lives (a killed one leaves its file)."""
+    try:
+        owner = json.loads((state_dir / "owner").read_text())
+        os.kill(int(owner["pid"]), 0)
+    except PermissionError:
+        return owner                              # alive, another user's
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return owner
+
+
 def cmd_run_local(args: argparse.Namespace) -> int:
     return run_local_job(Path(args.folder))
 
@@ -1945,7 +2473,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
         "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
         f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
-    resubmit.add_argument("jobs", nargs="*", type=positive_int, metavar="JOB", help="local job numbers")
+    resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     resubmit.add_argument("--all", action="store_true", help="every failed job")
     resubmit.add_argument("--reason", metavar="TEXT",
                           help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
@@ -1957,7 +2485,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kill", help="kill jobs",
         description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
         "the watch records the change. Jobs not submitted yet are not submitted.")
-    kill.add_argument("jobs", nargs="*", type=positive_int, metavar="JOB", help="local job numbers")
+    kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     kill.add_argument("--all", action="store_true", help="every job that is not final")
     kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     kill.set_defaults(func=cmd_kill)
@@ -1967,14 +2495,72 @@ def build_parser() -> argparse.ArgumentParser:
         description="DIRAC's reschedule: the jobs run again from the start with the same id (DIRAC "
         f"limits how often). The output of the attempt before is moved to {RETRIED_DIR}/. Needs the "
         "batch: stop `watch` first, and run `watch` after.")
-    reschedule.add_argument("jobs", nargs="+", type=positive_int, metavar="JOB", help="local job numbers")
+    reschedule.add_argument("jobs", nargs="+", type=job_number, metavar="JOB", help="local job numbers")
     reschedule.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
     reschedule.set_defaults(func=cmd_reschedule)
+
+    add_day_to_day_commands(commands)
 
     run_local = commands.add_parser("_run-local")     # the local backend's runner; not for users
     run_local.add_argument("folder")
     run_local.set_defaults(func=cmd_run_local)
     return parser
+
+
+def add_day_to_day_commands(commands: Any) -> None:
+    """failures, why, logs, export, list: read-only views of batches (logs may download one output)."""
+    failures = commands.add_parser(
+        "failures", help="failed jobs grouped by reason",
+        description="Group the batch's failed jobs (Failed, Killed, Deleted) by reason: status, minor status "
+        "and application status, which holds the exit code where DIRAC knows it. Per group: the count, the "
+        "sites, example job numbers and the command that resubmits the group. Works while `watch` runs; "
+        "does not contact the server.")
+    failures.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    failures.set_defaults(func=cmd_failures)
+
+    why = commands.add_parser(
+        "why", help="everything known about one job",
+        description="Show one job: status history with times, minor and application status, exit code, site, "
+        "attempts and DIRAC ids, output folder, the last lines of its stdout, then the backend's own "
+        "history of it (DIRAC: JobMonitoring's getJobLoggingInfo, one call to the server). Works while "
+        "`watch` runs.")
+    why.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    why.add_argument("--offline", action="store_true",
+                     help="do not contact the server: leave DIRAC's logging info out")
+    why.set_defaults(func=cmd_why)
+
+    logs = commands.add_parser(
+        "logs", help="print a job's stdout (downloading its output if needed)",
+        description="Print a job's stdout: each step's application log (Script1_<name>.log), or std.out when "
+        "there is none (on the grid std.out is the job wrapper's log). If the output is not downloaded yet, "
+        "ask the server for the job's status and download it now into the folder `watch` would use; that "
+        "needs the batch, so it is refused while `watch` or `submit` holds it (they download it themselves).")
+    logs.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    logs.add_argument("--file", metavar="NAME", help="print this file of the job's output folder instead "
+                      "(e.g. std.err, std.out)")
+    logs.set_defaults(func=cmd_logs)
+
+    export = commands.add_parser(
+        "export", help="every stored field of every job, as CSV or JSON",
+        description="Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as "
+        "'12;15', history as 'Status ISO-time; ...') and/or a JSON array (fields as stored, times in unix "
+        "seconds). Works while `watch` runs.")
+    export.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-': the terminal)")
+    export.add_argument("--json", metavar="FILE", help="write JSON to FILE ('-': the terminal)")
+    export.set_defaults(func=cmd_export)
+
+    batches = commands.add_parser(
+        "list", help="the batches under a folder, with their summary lines",
+        description="Find batch directories (with .grid/db) under FOLDER and print one line per batch: its "
+        "path, summary line, backend, creation time and tag, and the command holding it if one runs. Hidden "
+        "folders and batches' succeeded/ and failed/ are not searched. Works while `watch` runs. Exit code 4 "
+        "if a batch could not be read.")
+    batches.add_argument("folder", nargs="?", metavar="FOLDER",
+                         help="where to look (default: the -C directory, else the current one)")
+    batches.add_argument("--depth", type=positive_int, default=LIST_DEPTH, metavar="N",
+                         help="folder levels below FOLDER to search (default: %(default)s)")
+    batches.add_argument("--json", action="store_true", help="a JSON array instead of text")
+    batches.set_defaults(func=cmd_list)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:

@@ -136,7 +136,7 @@ def test_resubmit_by_number_and_by_reason(batch, run_grid):
 
 @pytest.mark.parametrize("args, message", [
     ((), "name the jobs"),
-    (("9",), "no job #9"),
+    (("9",), "no job #9 in the batch"),
     (("1",), None),                       # a Done job named by number runs again: the user asked for it
 ])
 def test_resubmit_mistakes_are_one_line_errors(batch, run_grid, args, message):

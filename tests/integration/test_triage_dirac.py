@@ -46,7 +46,7 @@ def test_why_shows_diracs_logging_info_of_a_job_driven_to_failed(dirac_lab, tmp_
     [job_id] = job_ids(dirac_lab, batch)
     dirac_lab.drive([job_id], status="Failed")
     watched = grid(dirac_lab, batch, "watch", "--interval", "1")
-    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert watched.returncode == 6, watched.stdout + watched.stderr
 
     result = grid(dirac_lab, batch, "why", "1")
     assert result.returncode == 0, result.stdout + result.stderr

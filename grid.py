@@ -16,6 +16,8 @@ A directory is a batch. From a fresh one:
     python grid.py status [--json]           the summary and one line per job
     python grid.py resubmit --all            failed jobs again, as new DIRAC jobs (also: --retries N)
     python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
+    python grid.py failures | why 3 | logs 3 failed jobs grouped by reason; one job; its stdout
+    python grid.py export --csv - | list     every stored field per job; the batches under here
 
 Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
@@ -243,7 +245,7 @@ class Job:
 
     @property
     def failed(self) -> bool:
-        return is_final(self.status) and self.status != DONE
+        return is_failed(self.status)
 
     @property
     def needs_download(self) -> bool:
@@ -2118,6 +2120,10 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
                ("output", f"{job.output}/" if job.output else "-")]
     if job.error:
         fields.append(("problem", job.error))
+    for number, attempt in enumerate(job.past, 1):
+        kept = f", output in {attempt['output']}/" if attempt.get("output") else ""
+        fields.append((f"attempt {number}", f"{id_label} {attempt['id'] or '-'}: {attempt['status']} "
+                       f"at {when(attempt['ended'] or 0)}: {attempt['reason'] or attempt['minor']}{kept}"))
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
     return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]

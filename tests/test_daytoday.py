@@ -128,6 +128,9 @@ def test_resubmit_by_number_and_by_reason(batch, run_grid):
     assert after[3]["attempts"] == 2 and after[3]["ids"][0] == before[3]["id"]
     assert after[2]["attempts"] == 1 and after[1]["attempts"] == 1          # the others are untouched
     assert (batch / "retried" / "00003_exit-5.1").is_dir() and (batch / "failed" / "00003_exit-5").is_dir()
+    why = run_grid("why", "3", "--offline").stdout
+    assert f"attempts:    2 (ids: {before[3]['id']}, {after[3]['id']})" in why
+    assert "attempt 1:" in why and "Status 5, output in retried/00003_exit-5.1/" in why
 
     result = run_grid("resubmit", *FAST, "2", "--no-watch")
     assert result.returncode == 0, result.stderr

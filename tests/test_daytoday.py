@@ -173,6 +173,17 @@ def test_kill_asks_for_yes_without_a_terminal_then_kills(batch, run_grid):
     assert watched.returncode == grid.EXIT_JOBS_FAILED and "0 done, 2 failed" in watched.stdout
 
 
+def test_kill_asks_on_a_terminal_and_does_nothing_unless_told_yes(batch, run_grid):
+    jobs = job_file(batch, [("slow", "sleep 60")])
+    assert run_grid("submit", "--backend", "local", "--no-watch", jobs).returncode == 0
+    out = run_in_terminal(grid_cmd("kill", "1"), batch, {}, answer=b"n\n").decode()
+    assert "kill 1 job(s)? [y/N]" in out and "nothing done" in out
+    assert status(run_grid)["jobs"][0]["status"] != "Killed"
+    out = run_in_terminal(grid_cmd("kill", "1"), batch, {}, answer=b"y\n").decode()
+    assert "killed 1 job(s)" in out
+    assert status(run_grid)["jobs"][0]["status"] == "Killed"
+
+
 def test_kill_beside_a_running_watch_is_recorded_by_the_watch(batch, run_grid):
     jobs = job_file(batch, [("slow", "sleep 60"), ("quick", "echo hi")])
     watch = subprocess.Popen(grid_cmd("submit", "--backend", "local", *FAST, jobs), cwd=batch,
@@ -218,8 +229,9 @@ def test_reschedule_needs_the_batch_to_itself(batch, run_grid):
 
 # -- how watch talks ----------------------------------------------------------------------------
 
-def run_in_terminal(argv: list, cwd: Path, env: dict, columns: int = 160, timeout: float = 120) -> bytes:
-    """Run a command under a real pseudo-terminal; returns everything it wrote."""
+def run_in_terminal(argv: list, cwd: Path, env: dict, columns: int = 160, timeout: float = 120,
+                    answer: bytes = b"") -> bytes:
+    """Run a command under a real pseudo-terminal, typing `answer` once it asks; returns what it wrote."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     process = subprocess.Popen(argv, cwd=cwd, stdin=slave, stdout=slave, stderr=slave,
@@ -236,6 +248,9 @@ def run_in_terminal(argv: list, cwd: Path, env: dict, columns: int = 160, timeou
             if not data:
                 break
             output += data
+            if answer and b"[y/N]" in output:
+                os.write(master, answer)
+                answer = b""
         elif process.poll() is not None:
             break
     process.kill()

@@ -100,7 +100,7 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     backend.local.monitoring = fake = FakeMonitoring(server)
     first = backend.status(list(range(1, 1001)))
     assert [name for name, _ in fake.calls] == ["getJobsStates"]           # all Waiting: no site to ask
-    assert {s.site for s in first.values()} == {""}
+    assert {s.site for s in first.values()} == {None}                      # not asked: unchanged
     for i in range(1, 11):
         server[i] = (grid.RUNNING, "LCG.CERN.cern")
     server[11] = (grid.DONE, "LCG.RAL.uk")
@@ -115,3 +115,18 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     third = backend.status(list(range(1, 11)) + list(range(14, 1001)))     # nothing moved since
     assert [name for name, _ in fake.calls] == ["getJobsStates"]
     assert third[1].site == "LCG.CERN.cern"                                # the site it was told before
+
+
+def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch):
+    store = batch_with(batch, [grid.RUNNING, grid.WAITING])
+    jobs = store.jobs()
+    jobs[1].site = "LCG.CERN.cern"
+    store.save(jobs[1])
+    backend = grid.DiracBackend()                                          # a new process: knows nothing yet
+    fake = FakeMonitoring({5001: (grid.KILLED, "ANY"), 5002: (grid.KILLED, "ANY")})
+    backend._client = lambda kind: fake                                   # in every thread of the pool
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep()
+    store.close()
+    assert [name for name, _ in fake.calls] == ["getJobsStates"]
+    assert [(j.status, j.site) for j in engine.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]

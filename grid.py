@@ -626,11 +626,16 @@ class SpecSpool:
         self.file = tempfile.TemporaryFile(prefix="grid-specs-")
         self.names: list[str] = []
         self.offsets: list[int] = []
+        self.end = 0                           # appends are buffered: no seek, no write per spec
 
     def append(self, spec: JobSpec) -> None:
-        blob = spec.to_bytes()
-        self.offsets.append(self.file.seek(0, os.SEEK_END))
-        self.file.write(struct.pack(">I", len(blob)) + blob)
+        record = spec.to_bytes()
+        record = struct.pack(">I", len(record)) + record
+        if self.file.tell() != self.end:       # read from since the last append
+            self.file.seek(self.end)
+        self.file.write(record)
+        self.offsets.append(self.end)
+        self.end += len(record)
         self.names.append(spec.name)
 
     def __len__(self) -> int:

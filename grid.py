@@ -83,6 +83,9 @@ DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is r
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
+CLIENTS_MAX_AGE = 600.0              # seconds a thread reuses its DIRAC clients and SSL context
+BUNDLE_LIMIT_FALLBACK = 20           # jobs per parametric job when the server's limit cannot be read
+                                     # (DIRAC's own default for JobManager/MaxParametricJobs)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -122,6 +125,14 @@ class BackendError(GridError):
 
 class CallFailed(Exception):
     """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+
+
+class BundleTooLarge(CallFailed):
+    """The server refused a bundle for its size alone, before creating any job of it."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 # ==================================================================================================
@@ -557,6 +568,18 @@ class Backend:
         """The ids of jobs the server accepted with these tags: {tag: id}."""
         raise NotImplementedError
 
+    def bundle_limit(self) -> int:
+        """Most jobs one submit_bundle() call may carry; below 2, the backend does not bundle."""
+        return 0
+
+    def bundle_key(self, spec: JobSpec) -> Optional[tuple]:
+        """Jobs with equal keys can share one submit_bundle() call; None: this job goes alone."""
+        return None
+
+    def submit_bundle(self, specs: list[JobSpec], tags: list[str]) -> list[int]:
+        """Submit several jobs in one call; their ids, in the order of specs."""
+        raise NotImplementedError
+
     def fetch_output(self, job_id: int, dest: Path) -> None:
         raise NotImplementedError
 
@@ -577,6 +600,149 @@ def tagged_jdl(jdl: str, tag: str) -> str:
     return f"{text}\n{attribute}"
 
 
+# -- bundles: several jobs of one job file as one parametric DIRAC job -----------------------------
+# DIRAC expands a parametric job on the server: every "%(name)s" in the JDL takes the n-th value of
+# the list "Parameters.name". grid.py varies the values that differ between the jobs of a bundle,
+# the tag (GridPyJob) of each job, and the workflow it runs: each job keeps its own description,
+# uploaded with the bundle's input sandbox as gridpy-<n>.xml. So a bundle is exactly its jobs, and
+# each resulting DIRAC job can be found, watched and resubmitted on its own.
+
+PARAMETER_PREFIX = "GridPy"
+JOB_DESCRIPTION = "jobDescription.xml"
+BUNDLE_FIXED = ("Arguments", "Executable", "InputSandbox")   # the same for every job of a bundle
+BUNDLE_VALUE = re.compile(r"[A-Za-z0-9_.:/+=@~#-]+")         # what a parameter list carries intact
+ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def jdl_classad(jdl: str) -> Any:
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+    text = jdl.strip()
+    return ClassAd(text if text.startswith("[") else f"[{text}]")
+
+
+def jdl_attributes(jdl: str) -> dict[str, str]:
+    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
+    classad = jdl_classad(jdl)
+    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
+
+
+def parametric_key(spec: JobSpec) -> Optional[tuple]:
+    """Jobs with equal keys can be one parametric job; None: this job cannot be in one.
+
+    Within a key only the workflow (executables, arguments: each job keeps its own) and JDL values
+    made of BUNDLE_VALUE characters differ. DIRAC strips spaces from parameter values and splits
+    them at commas, so values with spaces, quotes or braces, lists and the input sandbox are part
+    of the key. A job that is parametric itself, or whose JDL has "%" (DIRAC would substitute it),
+    goes alone.
+    """
+    attributes = jdl_attributes(spec.jdl)
+    arguments = attributes.get("Arguments", "").strip('"')
+    if (not attributes or "%" in spec.jdl or not arguments.startswith(JOB_DESCRIPTION)
+            or any(name.startswith("Parameter") or name == JOB_TAG_ATTRIBUTE for name in attributes)):
+        return None
+    fixed = tuple(sorted((name, value) for name, value in attributes.items()
+                         if name in BUNDLE_FIXED or not ATTRIBUTE_NAME.fullmatch(name)
+                         or not BUNDLE_VALUE.fullmatch(value)))
+    job_file = spec.origin.rpartition(":")[0]
+    return (job_file, tuple(sorted(attributes)), fixed)
+
+
+def parametric_jdl(specs: list[JobSpec], tags: list[str], descriptions: list[str],
+                   input_sandbox: list[str]) -> str:
+    """One parametric JDL for jobs of one key: job n gets tags[n] and runs descriptions[n]."""
+    classad = jdl_classad(specs[0].jdl)
+    each = [jdl_attributes(spec.jdl) for spec in specs]
+    for name in each[0]:
+        values = [attributes[name] for attributes in each]
+        if len(set(values)) > 1:
+            classad.set_expression(name, f"%({PARAMETER_PREFIX}{name})s")
+            classad.insertAttributeVectorString(f"Parameters.{PARAMETER_PREFIX}{name}", values)
+    classad.insertAttributeString(JOB_TAG_ATTRIBUTE, f"%({PARAMETER_PREFIX}Tag)s")
+    classad.insertAttributeVectorString(f"Parameters.{PARAMETER_PREFIX}Tag", tags)
+    arguments = each[0]["Arguments"].strip('"')[len(JOB_DESCRIPTION):]
+    classad.insertAttributeString("Arguments", f"%({PARAMETER_PREFIX}Description)s{arguments}")
+    classad.insertAttributeVectorString(f"Parameters.{PARAMETER_PREFIX}Description", descriptions)
+    if input_sandbox:
+        classad.insertAttributeVectorString("InputSandbox", input_sandbox)
+    else:
+        classad.deleteAttribute("InputSandbox")
+    classad.insertAttributeInt("Parameters", len(specs))      # DIRAC expands only with this one set
+    return classad.asJDL()
+
+
+def sandbox_entries(jdl: str) -> list[str]:
+    classad = jdl_classad(jdl)
+    return classad.getListFromExpression("InputSandbox") if classad.lookupAttribute("InputSandbox") else []
+
+
+def is_remote_entry(entry: str) -> bool:
+    """LFN: and SB: entries are on the grid already; anything else is a file to upload."""
+    return entry.upper().startswith(("LFN:", "SB:"))
+
+
+JOB_MANAGER = "WorkloadManagement/JobManager"
+JOB_MONITORING = "WorkloadManagement/JobMonitoring"
+SANDBOX_STORE = "WorkloadManagement/SandboxStore"
+
+
+class DiracClients:
+    """One thread's DIRAC client objects, made once and reused for every call of that thread.
+
+    Left to itself, DIRAC makes a new client object for every call, and each new object reads and
+    checks the proxy, then builds a new SSL context (certificate chain, CA directory) before it
+    connects. With the objects kept and one SSL context made up front, a call costs the client
+    about half the CPU. This needs DISET (dips://) services; with others (HTTPS, DiracX) DIRAC's
+    usual client classes are used. A thread makes new clients after a failed call, when the proxy
+    file changes (renewed) and after CLIENTS_MAX_AGE (CA and CRL updates, new service URLs).
+    """
+
+    def __init__(self, credentials: tuple, reuse_connections: bool) -> None:
+        from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
+        from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient
+        self.credentials, self.born = credentials, time.monotonic()
+        if reuse_connections:
+            from DIRAC.Core.DISET.private.Transports.SSL.M2Utils import getM2SSLContext
+            from DIRAC.Core.DISET.RPCClient import RPCClient
+            from DIRAC.Core.DISET.TransferClient import TransferClient
+            probe = RPCClient(JOB_MANAGER)           # DIRAC settles the connection options (CA check, ...)
+            context = getM2SSLContext(**probe.kwargs)
+            self.job_manager = RPCClient(JOB_MANAGER, ctx=context)
+            self.monitoring = RPCClient(JOB_MONITORING, ctx=context)
+            self.wms = WMSClient(jobManagerClient=self.job_manager,
+                                 sbRPCClient=RPCClient(SANDBOX_STORE, ctx=context),
+                                 sbTransferClient=TransferClient(SANDBOX_STORE, ctx=context))
+            self.sandbox = self.wms.sandboxClient
+        else:
+            from DIRAC.WorkloadManagementSystem.Client.JobManagerClient import JobManagerClient
+            from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
+            self.job_manager, self.monitoring = JobManagerClient(), JobMonitoringClient()
+            self.wms, self.sandbox = WMSClient(jobManagerClient=self.job_manager), SandboxStoreClient()
+
+    def stale(self, credentials: tuple) -> bool:
+        return credentials != self.credentials or time.monotonic() - self.born > CLIENTS_MAX_AGE
+
+
+def speaks_dips(service: str) -> bool:
+    """Whether DIRAC reaches this service over DISET (dips://) only, where clients can be reused."""
+    from DIRAC.ConfigurationSystem.Client.PathFinder import getServiceURLs, useLegacyAdapter
+    try:
+        urls = getServiceURLs(service, failover=True)
+        return bool(urls) and not useLegacyAdapter(service) and all(u.startswith("dips://") for u in urls)
+    except Exception:                  # noqa: BLE001  any doubt: DIRAC's usual clients
+        return False
+
+
+def credentials_stamp() -> tuple:
+    """Changes when the proxy file is renewed or replaced."""
+    from DIRAC.Core.Security.Locations import getProxyLocation
+    path = getProxyLocation() or ""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (path,)
+    return (path, info.st_ino, info.st_mtime_ns, info.st_size)
+
+
 class DiracBackend(Backend):
     """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
 
@@ -585,6 +751,7 @@ class DiracBackend(Backend):
 
     def __init__(self) -> None:
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
+        self.reuse_connections = False       # decided by connect(): every service speaks dips://
 
     def connect(self) -> None:
         try:
@@ -607,37 +774,30 @@ class DiracBackend(Backend):
             raise BackendError(f"DIRAC is not configured: {e}",
                                "run `dirac-configure`, or source your experiment's DIRAC "
                                "environment (e.g. `lb-dirac`)") from None
+        self.reuse_connections = all(map(speaks_dips, (JOB_MANAGER, JOB_MONITORING, SANDBOX_STORE)))
 
-    def _client(self, kind: str) -> Any:
-        client = getattr(self.local, kind, None)
-        if client is None:
-            if kind == "wms":
-                from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient as cls
-            elif kind == "monitoring":
-                from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient as cls
-            elif kind == "sandbox":
-                from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient as cls
-            else:
-                from DIRAC.Interfaces.API.Dirac import Dirac as cls
-            client = cls()
-            setattr(self.local, kind, client)
-        return client
+    def _clients(self) -> DiracClients:
+        clients = getattr(self.local, "clients", None)
+        credentials = credentials_stamp()
+        if clients is None or clients.stale(credentials):
+            clients = self.local.clients = DiracClients(credentials, self.reuse_connections)
+        return clients
 
-    @staticmethod
-    def _value(result: dict, what: str) -> Any:
+    def _value(self, result: dict, what: str) -> Any:
         if not result.get("OK"):
+            self.local.clients = None        # the next call starts from new clients, as DIRAC's own would
             raise CallFailed(f"{what}: {result.get('Message', 'unknown error')}")
         return result["Value"]
 
     def submit(self, spec: JobSpec, tag: str) -> int:
         # What Dirac().submitJob does with a Job object, from the stored description instead,
         # so that a job can be (re)submitted after a restart.
-        result = self._client("wms").submitJob(tagged_jdl(spec.jdl, tag), io.StringIO(spec.xml))
+        result = self._clients().wms.submitJob(tagged_jdl(spec.jdl, tag), io.StringIO(spec.xml))
         value = self._value(result, "submission")
         return int(value[0] if isinstance(value, list) else value)
 
     def status(self, ids: list[int]) -> dict[int, JobState]:
-        summary = self._value(self._client("monitoring").getJobsSummary(list(ids)), "status query")
+        summary = self._value(self._clients().monitoring.getJobsSummary(list(ids)), "status query")
         states = {}
         for key, attrs in summary.items():
             states[int(key)] = JobState(attrs.get("Status", ""), attrs.get("MinorStatus", ""),
@@ -648,32 +808,80 @@ class DiracBackend(Backend):
 
     def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
         # The batch's jobs share a JobGroup; only jobs we do not know yet need their JDL read.
-        monitoring, wanted, found = self._client("monitoring"), set(tags), {}
+        clients, wanted, found = self._clients(), set(tags), {}
         for group in groups:
-            for job_id in map(int, self._value(monitoring.getJobs({"JobGroup": group}), "job search")):
+            for job_id in map(int, self._value(clients.monitoring.getJobs({"JobGroup": group}), "job search")):
                 if job_id in known:
                     continue
-                jdl = self._value(monitoring.getJobJDL(job_id, True), "job description")
+                jdl = self._value(clients.monitoring.getJobJDL(job_id, True), "job description")
                 match = TAG_PATTERN.search(jdl)
                 if match and match.group(1) in wanted:
                     found.setdefault(match.group(1), job_id)
+        self._confirm(list(found.values()))
         return found
+
+    def _confirm(self, ids: list[int]) -> None:
+        """Jobs of a bundle wait in Submitting until confirmed: confirm those a cut call left there."""
+        if not ids:
+            return
+        summary = self._value(self._clients().monitoring.getJobsSummary(ids), "status query")
+        waiting = [int(key) for key, attrs in summary.items() if attrs.get("Status") == SUBMITTING]
+        if waiting:
+            self._value(self._clients().job_manager.confirmBulkSubmission(waiting), "bundle confirmation")
+
+    def bundle_limit(self) -> int:
+        from DIRAC import gConfig
+        from DIRAC.ConfigurationSystem.Client.PathFinder import getServiceSection
+        try:
+            return int(gConfig.getValue(f"{getServiceSection(JOB_MANAGER)}/MaxParametricJobs",
+                                        BUNDLE_LIMIT_FALLBACK))
+        except (TypeError, ValueError):
+            return BUNDLE_LIMIT_FALLBACK
+
+    def bundle_key(self, spec: JobSpec) -> Optional[tuple]:
+        return parametric_key(spec)
+
+    def submit_bundle(self, specs: list[JobSpec], tags: list[str]) -> list[int]:
+        """One parametric job: one input sandbox upload (shared files and every job's workflow),
+        one submission, one confirmation."""
+        clients = self._clients()
+        entries = sandbox_entries(specs[0].jdl)
+        files = [entry for entry in entries if not is_remote_entry(entry)]
+        with tempfile.TemporaryDirectory(prefix="grid-bundle-") as tmp:
+            descriptions = []
+            for n, spec in enumerate(specs):
+                descriptions.append(f"gridpy-{n:04d}.xml")
+                Path(tmp, descriptions[-1]).write_text(spec.xml)
+            sandbox = self._value(clients.sandbox.uploadFilesAsSandbox(
+                files + [os.path.join(tmp, name) for name in descriptions]), "input sandbox upload")
+        jdl = parametric_jdl(specs, tags, descriptions, [e for e in entries if is_remote_entry(e)] + [sandbox])
+        result = clients.job_manager.submitJob(jdl)
+        too_large = re.search(r"exceeds the limit of (\d+)", result.get("Message", "") or "")
+        if not result["OK"] and too_large:
+            raise BundleTooLarge(f"bundle submission: {result['Message']}", int(too_large.group(1)))
+        ids = [int(job_id) for job_id in self._value(result, "bundle submission")]
+        if len(ids) != len(specs):       # never seen; the jobs are found by their tags on the next try
+            raise CallFailed(f"bundle submission: {len(ids)} job(s) created for {len(specs)}")
+        self._value(clients.job_manager.confirmBulkSubmission(ids), "bundle confirmation")
+        return ids
 
     def fetch_output(self, job_id: int, dest: Path) -> None:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
-        client = self._client("sandbox")
+        client = self._clients().sandbox
         with tempfile.TemporaryDirectory(prefix="grid-sandbox-", dir=dest.parent) as tmp:
             result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
             if not result["OK"]:
                 if "No Output sandbox" in result.get("Message", ""):
                     return                     # the job registered no output: an empty folder says so
+                self.local.clients = None
                 raise CallFailed(f"output download: {result['Message']}")
             for archive in result["Value"]:
                 with ZstdCompatibleTarFile(archive, mode="r") as tar:
                     safe_extract(tar, dest)
 
     def kill(self, ids: list[int]) -> None:
-        self._value(self._client("dirac").killJob(list(ids)), "kill")
+        from DIRAC.Interfaces.API.Dirac import Dirac
+        self._value(Dirac().killJob(list(ids)), "kill")
 
 
 class LocalBackend(Backend):
@@ -983,6 +1191,7 @@ class Engine:
         self.parallel, self.download_parallel = parallel, download_parallel
         self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
         self.meta = store.meta()
+        self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
         self.jobs = store.jobs()
         self.threadpool = gevent.get_hub().threadpool
         self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
@@ -1062,16 +1271,54 @@ class Engine:
     def submit_all(self) -> None:
         self.reconcile()
         pending = [j.num for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING]
+        bundles, singles = self.plan_bundles(pending) if self.bulk and pending else ([], pending)
+        # Work items: a list of job numbers is a bundle, a number one job. A bundle the server will
+        # not take goes back into the queue, split or one job at a time.
+        work: gevent.queue.Queue = gevent.queue.Queue(items=bundles + singles)
         pool = gevent.pool.Pool(self.parallel)
-        for num in pending:
-            if self.stopping.is_set():
-                break
+        while not self.stopping.is_set():
+            try:
+                item = work.get(timeout=0.1)
+            except gevent.queue.Empty:
+                if not len(pool):
+                    break
+                continue
             pool.wait_available()
             if self.stopping.is_set():
                 break
             self.submitting += 1
-            pool.spawn(self.submit_one, self.jobs[num]).link_exception(self._crashed)
+            if isinstance(item, list):
+                greenlet = pool.spawn(self.submit_bundle, [self.jobs[num] for num in item], work)
+            else:
+                greenlet = pool.spawn(self.submit_one, self.jobs[item])
+            greenlet.link_exception(self._crashed)
         pool.join()           # submissions in flight are always waited for and recorded
+
+    def plan_bundles(self, pending: list[int]) -> tuple[list[list[int]], list[int]]:
+        """Group jobs the backend can submit together into bundles of at most its limit."""
+        limit = self.call(self.backend.bundle_limit)
+        if limit < 2:
+            self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
+            return [], pending
+        groups: dict[tuple, list[int]] = {}
+        singles = []
+        for num in pending:
+            key = self.backend.bundle_key(self.store.spec(num))
+            if key is None:
+                singles.append(num)
+            else:
+                groups.setdefault(key, []).append(num)
+        bundles = []
+        for members in groups.values():
+            for part in split_evenly(members, limit):
+                if len(part) > 1:
+                    bundles.append(part)
+                else:
+                    singles += part
+        singles.sort()
+        self.display.message(f"bulk: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
+                             f"(at most {limit} each), {len(singles)} one by one")
+        return bundles, singles
 
     def reconcile(self) -> None:
         """After a crash, adopt the jobs the server accepted before their ids were stored."""
@@ -1125,13 +1372,73 @@ class Engine:
             self.submitting -= 1
             self.check_finished()
 
-    def record_submission(self, job: Job, job_id: int) -> None:
+    def submit_bundle(self, jobs: list[Job], work: gevent.queue.Queue) -> None:
+        """Submit jobs in one call; a bundle that keeps failing goes back to `work` one job at a time.
+
+        Exactly once as for one job: every job's tag is on disk before the call, and after a failed
+        call the jobs that reached the server anyway are found by their tags and kept.
+        """
+        try:
+            specs = {job.num: self.store.spec(job.num) for job in jobs}
+            for attempt in range(SUBMIT_ATTEMPTS):
+                try:
+                    jobs = self.adopt_accepted(jobs)
+                    if len(jobs) < 2:
+                        break
+                    tags = [f"{self.meta['tag']}.{job.num}.{job.attempts + 1}" for job in jobs]
+                    for job, tag in zip(jobs, tags):
+                        job.intent = tag         # on disk before the call: a crash leaves a trace
+                    self.store.save(*jobs, sync=True)
+                    ids = self.call(self.backend.submit_bundle, [specs[job.num] for job in jobs], tags)
+                except BundleTooLarge as e:      # refused before any job was made: split it
+                    for job in jobs:
+                        job.intent = ""
+                    self.store.save(*jobs, sync=True)
+                    most = max(1, min(e.limit, len(jobs) - 1))
+                    self.display.message(f"{e}; splitting {len(jobs)} job(s) into bundles of at most {most}")
+                    for part in split_evenly([job.num for job in jobs], most):
+                        work.put(part if len(part) > 1 else part[0])
+                    return
+                except CallFailed as e:
+                    self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} ({len(jobs)} jobs): {e} "
+                                         f"(try {attempt + 1}/{SUBMIT_ATTEMPTS})")
+                    if self.stopping.wait(backoff(attempt)):
+                        return
+                    continue
+                for job, job_id in zip(jobs, ids):
+                    self.record_submission(job, job_id, save=False)
+                self.store.save(*jobs, sync=True)
+                return
+            else:
+                self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} not accepted; "
+                                     f"submitting its {len(jobs)} job(s) one by one")
+            for job in jobs:                     # what is left of the bundle goes one by one
+                work.put(job.num)
+        finally:
+            self.submitting -= 1
+            self.check_finished()
+
+    def adopt_accepted(self, jobs: list[Job]) -> list[Job]:
+        """Keep the jobs an earlier try placed on the server after all; return the others."""
+        tried = [job for job in jobs if job.intent == f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"]
+        if not tried:
+            return jobs
+        found = self.find(tried)
+        adopted = [job for job in tried if job.intent in found]
+        for job in adopted:
+            self.record_submission(job, found[job.intent], save=False)
+        if adopted:
+            self.store.save(*adopted, sync=True)
+        return [job for job in jobs if not job.submitted]
+
+    def record_submission(self, job: Job, job_id: int, save: bool = True) -> None:
         job.dirac_id = job_id
         job.ids.append(job_id)
         job.attempts += 1
         job.error = job.intent = ""
         self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
-        self.store.save(job, sync=True)
+        if save:
+            self.store.save(job, sync=True)
 
     # -- monitoring -------------------------------------------------------------------------------
 
@@ -1227,6 +1534,18 @@ def chunks(items: list, size: int) -> Iterator[list]:
         yield items[start:start + size]
 
 
+def split_evenly(items: list, most: int) -> list[list]:
+    """As few parts of at most `most` items as possible, their sizes differing by one at most."""
+    parts = -(-len(items) // most)
+    size, extra = divmod(len(items), parts) if parts else (0, 0)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
 def clock(when: Optional[float]) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when or time.time()))
 
@@ -1296,7 +1615,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         jobs = [Job(num=i, name=spec.name, history=[[SUBMITTING, round(time.time(), 3)]])
                 for i, spec in enumerate(specs, 1)]
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
-                "jobfiles": [os.path.abspath(p) for p in args.jobfiles]}
+                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk}
         store.create_batch(meta, jobs, specs)
         print(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
               f"on the {args.backend} backend", flush=True)
@@ -1413,6 +1732,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--dry-run", action="store_true",
                         help="run the job files and show what would be submitted; submit nothing")
     submit.add_argument("--no-watch", action="store_true", help="return once every job is submitted")
+    submit.add_argument("--bulk", action="store_true",
+                        help="submit jobs of one job file that differ only in their arguments or in "
+                        "simple JDL values (no spaces, commas, quotes or braces) as DIRAC parametric "
+                        "jobs, up to the server's MaxParametricJobs per call; each job is still "
+                        "followed, downloaded and resubmitted on its own. Other jobs go one by one")
     add_engine_options(submit)
     submit.set_defaults(func=cmd_submit)
 

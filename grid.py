@@ -61,6 +61,24 @@ import gevent.pool  # noqa: E402
 import gevent.queue  # noqa: E402
 import plyvel  # noqa: E402
 
+
+def close_fd(fd: int, _gevent_close: Callable = os.close,
+             _os_close: Callable = monkey.get_original("os", "close")) -> None:
+    """os.close for every thread: gevent's own only in the thread that runs the loop.
+
+    gevent (25.8 and later) defers closing non-regular files (directories) to the closing thread's
+    event loop, through one table shared by all threads. The threadpool's threads seldom run their
+    loop and race on that table: shutil.rmtree there fails with EBADF and leaks descriptors. They
+    never watch raw descriptors, so they close at once, as Python does.
+    """
+    if threading.current_thread() is threading.main_thread():
+        _gevent_close(fd)
+    else:
+        _os_close(fd)
+
+
+os.close = close_fd
+
 __version__ = "0.1.0"
 
 

@@ -10,14 +10,18 @@ Waiting), and in one run measures:
 - the serial loop users write today: Dirac().submitJob, one job after the other (on --serial jobs:
   at 0.8 s a job the whole --jobs would take minutes; it is reported per job);
 - `grid.py submit --no-watch` of --jobs jobs at each --parallel, and with --bulk;
+- --bulk call by call: how long a bundle's upload, submission and confirmation take;
 - what the server takes at most: several plain client processes (Dirac().submitJob in threads);
 - client CPU per submission and per 1000-job status sweep, with DIRAC's default client objects
   (a new one per call) and with grid.py's reused clients and prebuilt SSL context.
 
 grid.py's rate is that of its submission phase (first job created to last job recorded), as the
-serial loop's is per job after DIRAC's start-up; whole-command times are printed too. Between two
-measurements it waits until the lab's services and optimizers are idle. At the end the jobs it made
-are killed, the round trip is switched off and the JobAgent restarted if it was running.
+serial loop's is per job after DIRAC's start-up; whole-command times are printed too. Each figure
+comes with the server's CPU per job (services and optimizers, from their PID files, until they are
+idle again; MariaDB is shared with other labs and not counted) and how busy the machine's CPUs were
+meanwhile (every process: a saturated machine is the limit). Between two measurements it waits
+until the lab's services and optimizers are idle. At the end the jobs it made are killed, the round
+trip is switched off and the JobAgent restarted if it was running.
 """
 import argparse
 import json
@@ -138,8 +142,8 @@ print("RESULT " + json.dumps({"submit": submit_cpu, "first": first_cpu, "sweep":
                               "sweep_ids": len(ids), "ids": made}), flush=True)
 """
 
-# Where the time of --bulk goes: the jobs as bundles of the server's limit, all at once, through
-# grid.py's dirac backend, timing each of the three calls a bundle makes.
+# Where the time of --bulk goes: the jobs as bundles of SIZE (0: the server's limit), all at once,
+# through grid.py's dirac backend, timing each of the three calls a bundle makes.
 BUNDLE_CLIENT = r"""
 import json, sys, threading, time
 sys.path.insert(0, sys.argv[1])
@@ -147,7 +151,7 @@ import grid
 specs = grid.load_job_files(["jobs.py"], "grid-bench-bundle")
 backend = grid.DiracBackend()
 backend.connect()
-limit = backend.bundle_limit()
+limit = int(sys.argv[2]) or backend.bundle_limit()
 steps, ids = {}, []
 def timed(obj, name):
     call = getattr(obj, name)
@@ -271,9 +275,9 @@ class Bench:
         recorded = max(job["history"][-1][1] for job in status["jobs"])
         return {"jobs": jobs, "seconds": recorded - created, "wall": wall, "cpu": cpu}
 
-    def bundle_steps(self, jobs: int) -> dict:
-        folder = self.folder("bundle-steps", jobs)
-        result, _, _ = self.run([VENV_PYTHON, "-c", BUNDLE_CLIENT, ROOT], folder)
+    def bundle_steps(self, jobs: int, size: int) -> dict:
+        folder = self.folder(f"bundle-steps-{size}", jobs)
+        result, _, _ = self.run([VENV_PYTHON, "-c", BUNDLE_CLIENT, ROOT, size], folder)
         data = json.loads([l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
         data["jobs"] = len(data["ids"])
         self.ids += data.pop("ids")
@@ -315,6 +319,17 @@ class Bench:
             last = now
 
 
+def machine_cpu() -> list[int]:
+    """The machine's CPU counters (/proc/stat): user, nice, system, idle, iowait, ..."""
+    return [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+
+
+def busy_since(before: list[int]) -> float:
+    """Share of the machine's CPU time (every core, every process) that was busy since `before`."""
+    delta = [a - b for a, b in zip(machine_cpu(), before)]
+    return 1 - (delta[3] + delta[4]) / max(1, sum(delta))
+
+
 def default_parallel() -> int:
     return int(re.search(r"^DEFAULT_PARALLEL = (\d+)", GRID.read_text(), re.MULTILINE).group(1))
 
@@ -329,6 +344,8 @@ def main() -> int:
     parser.add_argument("--serial", type=int, default=20, help="jobs of the serial loop (default 20)")
     parser.add_argument("--parallel", default="16,32,64,128", help="grid.py --parallel values to measure "
                         "(the default one is always measured)")
+    parser.add_argument("--bundle-sizes", default="0,25", help="bundle sizes of the call-by-call --bulk "
+                        "measurement, 0 for the server's limit (default 0,25)")
     parser.add_argument("--ceiling", default="4x8,4x16", help="plain clients, PROCESSESxTHREADS, to find "
                         "the server's most (default 4x8,4x16)")
     args = parser.parse_args()
@@ -367,8 +384,9 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
     def timed(title: str, measurement: Callable) -> dict:
         """Run one measurement; add the server's CPU for its jobs (until the server is idle again)."""
         print(title, flush=True)
-        before = bench.server_cpu()
+        before, busy = bench.server_cpu(), machine_cpu()
         result = measurement()
+        result["busy"] = busy_since(busy)
         bench.wait_idle()
         result["server"] = (bench.server_cpu() - before) / result.get("jobs", 1) * 1000
         return result
@@ -378,7 +396,8 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
                    lambda: bench.plain_clients("serial", 1, 1, args.serial))
     base = per_job_ms(serial)
     row(f"serial Dirac().submitJob loop ({args.serial} jobs)",
-        f"{base:.0f} ms/job, {1000 / base:.2f} jobs/s; server CPU {serial['server']:.0f} ms/job", "1x")
+        f"{base:.0f} ms/job, {1000 / base:.2f} jobs/s; server CPU {serial['server']:.0f} ms/job; "
+        f"machine busy {serial['busy']:.0%}", "1x")
 
     runs, default = {}, default_parallel()
     for parallel in sorted({int(p) for p in args.parallel.split(",") if p} | {default}):
@@ -387,20 +406,21 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
         ms = per_job_ms(m)
         row(f"grid.py submit --parallel {parallel}{' (default)' if parallel == default else ''} ({m['jobs']} jobs)",
             f"{ms:.1f} ms/job, {1000 / ms:.1f} jobs/s, whole command {m['wall']:.1f} s; "
-            f"server CPU {m['server']:.0f} ms/job", f"{base / ms:.1f}x serial (goal 25x)")
+            f"server CPU {m['server']:.0f} ms/job; machine busy {m['busy']:.0%}", f"{base / ms:.1f}x serial (goal 25x)")
 
     bulk = timed(f"grid.py submit --bulk, {args.jobs} jobs", lambda: bench.grid_submit("bulk", args.jobs, "--bulk"))
     ms = per_job_ms(bulk)
     row(f"grid.py submit --bulk ({bulk['jobs']} jobs)",
         f"{ms:.1f} ms/job, {1000 / ms:.0f} jobs/s, whole command {bulk['wall']:.1f} s; "
-        f"server CPU {bulk['server']:.0f} ms/job", f"{base / ms:.0f}x serial (goal 100x)")
-    steps = timed(f"--bulk, call by call: {args.jobs} jobs in bundles of the server's limit, all at once",
-                  lambda: bench.bundle_steps(args.jobs))
-    mean = {name: sum(times) / len(times) for name, times in steps["steps"].items()}
-    row(f"--bulk call by call ({steps['bundles']} bundles of <= {steps['limit']} at once)",
-        f"{steps['seconds']:.2f} s: upload {mean.get('uploadFilesAsSandbox', 0):.2f} s, submission "
-        f"{mean.get('submitJob', 0):.2f} s, confirmation {mean.get('confirmBulkSubmission', 0):.2f} s "
-        f"(means); server CPU {steps['server']:.0f} ms/job", "")
+        f"server CPU {bulk['server']:.0f} ms/job; machine busy {bulk['busy']:.0%}", f"{base / ms:.0f}x serial (goal 100x)")
+    for size in [int(z) for z in args.bundle_sizes.split(",") if z]:
+        steps = timed(f"--bulk, call by call: {args.jobs} jobs in bundles of "
+                      f"{size or 'the server limit'}, all at once", lambda: bench.bundle_steps(args.jobs, size))
+        mean = {name: sum(times) / len(times) for name, times in steps["steps"].items()}
+        row(f"--bulk call by call ({steps['bundles']} bundles of <= {steps['limit']} at once)",
+            f"{steps['seconds']:.2f} s: upload {mean.get('uploadFilesAsSandbox', 0):.2f} s, submission "
+            f"{mean.get('submitJob', 0):.2f} s, confirmation {mean.get('confirmBulkSubmission', 0):.2f} s "
+            f"(means); server CPU {steps['server']:.0f} ms/job; machine busy {steps['busy']:.0%}", "")
 
     ceiling = {}
     for shape in [s for s in args.ceiling.split(",") if s]:
@@ -410,8 +430,8 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
                                    lambda: bench.plain_clients(f"ceiling{shape}", processes, threads, args.jobs))
         ms = per_job_ms(m)
         row(f"server's most: plain clients, {shape} ({m['jobs']} jobs)",
-            f"{ms:.1f} ms/job, {1000 / ms:.1f} jobs/s; server CPU {m['server']:.0f} ms/job",
-            f"{base / ms:.1f}x serial")
+            f"{ms:.1f} ms/job, {1000 / ms:.1f} jobs/s; server CPU {m['server']:.0f} ms/job; "
+            f"machine busy {m['busy']:.0%}", f"{base / ms:.1f}x serial")
     if ceiling:
         best = min(ceiling, key=lambda s: per_job_ms(ceiling[s]))
         top = per_job_ms(ceiling[best])

@@ -795,11 +795,11 @@ class DiracClients:
     file changes (renewed) and after CLIENTS_MAX_AGE (CA and CRL updates, new service URLs).
     """
 
-    def __init__(self, credentials: tuple, reuse_connections: bool) -> None:
+    def __init__(self, credentials: tuple, reuse_clients: bool) -> None:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
         from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient
         self.credentials, self.born = credentials, time.monotonic()
-        if reuse_connections:
+        if reuse_clients:
             from DIRAC.Core.DISET.private.Transports.SSL.M2Utils import getM2SSLContext
             from DIRAC.Core.DISET.RPCClient import RPCClient
             from DIRAC.Core.DISET.TransferClient import TransferClient
@@ -850,7 +850,7 @@ class DiracBackend(Backend):
 
     def __init__(self) -> None:
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
-        self.reuse_connections = False       # decided by connect(): every service speaks dips://
+        self.reuse_clients = False           # decided by connect(): every service speaks dips://
         self.sites: dict[int, tuple] = {}    # job id: (status, site) at the last status call
 
     def connect(self) -> None:
@@ -874,13 +874,13 @@ class DiracBackend(Backend):
             raise BackendError(f"DIRAC is not configured: {e}",
                                "run `dirac-configure`, or source your experiment's DIRAC "
                                "environment (e.g. `lb-dirac`)") from None
-        self.reuse_connections = all(map(speaks_dips, (JOB_MANAGER, JOB_MONITORING, SANDBOX_STORE)))
+        self.reuse_clients = all(map(speaks_dips, (JOB_MANAGER, JOB_MONITORING, SANDBOX_STORE)))
 
     def _clients(self) -> DiracClients:
         clients = getattr(self.local, "clients", None)
         credentials = credentials_stamp()
         if clients is None or clients.stale(credentials):
-            clients = self.local.clients = DiracClients(credentials, self.reuse_connections)
+            clients = self.local.clients = DiracClients(credentials, self.reuse_clients)
         return clients
 
     def _value(self, result: dict, what: str) -> Any:

@@ -104,7 +104,7 @@ mode, n, threads, ids = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.lo
 specs = grid.load_job_files(["jobs.py"], "grid-bench-cpu")[:n]
 backend = grid.DiracBackend()
 backend.connect()
-backend.reuse_connections = mode == "reuse"
+backend.reuse_clients = mode == "reuse"
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime

@@ -77,7 +77,7 @@ def test_each_thread_makes_new_clients_when_the_proxy_file_is_renewed(monkeypatc
     made = []
 
     class Clients(grid.DiracClients):
-        def __init__(self, credentials, reuse_connections):
+        def __init__(self, credentials, reuse_clients):
             self.credentials, self.born = credentials, 0.0
             made.append(credentials)
 

@@ -30,9 +30,33 @@ Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
 # patch can make cooperative: under a full patch_all() every DIRAC call would block the process.
 # So threads stay real (thread=False): DIRAC calls run in gevent's threadpool and overlap, while
 # greenlets orchestrate them and everything else (sockets, sleeps, subprocesses) cooperates.
+import importlib.metadata
+
 from gevent import monkey
 
-monkey.patch_all(thread=False)
+
+def patch_all_once_looked_up() -> None:
+    """monkey.patch_all(thread=False), with gevent's plugin look-ups answered once.
+
+    For every module it patches, gevent asks importlib.metadata for its plugins' entry points, and
+    each answer reads the metadata of every installed package: 21 reads, 0.2 s of every command in
+    a DIRAC environment. Nothing is installed meanwhile: one read serves them all.
+    """
+    look_up, everything = importlib.metadata.entry_points, []
+
+    def answered_once(**selection: str) -> object:
+        if not everything:
+            everything.append(look_up())
+        return everything[0].select(**selection)
+
+    importlib.metadata.entry_points = answered_once
+    try:
+        monkey.patch_all(thread=False)
+    finally:
+        importlib.metadata.entry_points = look_up
+
+
+patch_all_once_looked_up()
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
 import collections  # noqa: E402
@@ -40,15 +64,19 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import datetime  # noqa: E402
 import fcntl  # noqa: E402
+import gc  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
+import marshal  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
+import struct  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tarfile  # noqa: E402
@@ -122,6 +150,9 @@ SYSTEMATIC_SHARE = 0.5               # a reason failing more than this share of 
 SYSTEMATIC_MIN = 5                   # ... at least this often is not retried automatically
 FOOTER_REFRESH = 0.5                 # seconds between redraws of the live footer
 RATE_WINDOW = 300.0                  # seconds of finished jobs the live footer's rate looks at
+CREATE_CHUNK = 1000                  # jobs per write while a new batch is written
+STORE_FORMAT = 2                     # 1: job records as JSON objects (0.1.0); 2: marshal'd tuples
+NEW_DB_PREFIX = "new-db-"            # .grid/new-db-<pid>: a batch being created, moved to .grid/db when whole
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 EXIT_JOBS_FAILED = 6                 # watched to the end (or to --exit-when), and not every job is Done
@@ -210,6 +241,10 @@ ALL_STATUSES = frozenset(COLUMN_OF)
 # DIRAC calls Completed final too, but a Completed job still moves on to Done or Failed: it is
 # watched until then, so that its output goes to the right folder.
 FINAL = frozenset({DONE, FAILED, KILLED, DELETED})
+# Statuses that bring no new site: before DIRAC matches a job it has none ("ANY"), and a job
+# killed or deleted keeps the one it had.
+NO_NEW_SITE = frozenset({SUBMITTING, RECEIVED, CHECKING, SCOUTING, STAGING, WAITING, RESCHEDULED,
+                         KILLED, DELETED})
 
 
 def is_final(status: str) -> bool:
@@ -221,11 +256,15 @@ def is_failed(status: str) -> bool:
     return is_final(status) and status != DONE
 
 
+def column_of(status: str) -> int:
+    """The summary column of a status; a status DIRAC adds one day lands in the Received column."""
+    return COLUMN_OF.get(status, 1)
+
+
 def column_counts(statuses: Iterable[str]) -> list[int]:
-    """Counts per summary column; a status DIRAC adds one day lands in the Received column."""
     counts = [0] * len(COLUMNS)
     for status in statuses:
-        counts[COLUMN_OF.get(status, 1)] += 1
+        counts[column_of(status)] += 1
     return counts
 
 
@@ -258,6 +297,7 @@ class Job:
     intent: str = ""                                 # tag of a submission that may have reached the server
     past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
 
+    # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
               "history", "output", "error", "download_tries", "intent", "past")
 
@@ -268,6 +308,18 @@ class Job:
     def from_dict(cls, data: dict) -> "Job":
         return cls(**{f: data[f] for f in cls.FIELDS if f in data})
 
+    def to_record(self) -> bytes:
+        """The stored form: a tuple of plain values in FIELDS order, in Python's marshal format
+        (version 4, read by every Python 3 since 3.4). `status` of 100,000 jobs reads every record,
+        and marshal reads one several times faster than JSON."""
+        return marshal.dumps(tuple(getattr(self, f) for f in self.FIELDS), 4)
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> "Job":
+        if raw[:1] == b"{":                  # store format 1: a JSON object
+            return cls.from_dict(json.loads(raw))
+        return cls(*marshal.loads(raw))
+
     @property
     def submitted(self) -> bool:
         return bool(self.dirac_id)
@@ -275,6 +327,11 @@ class Job:
     @property
     def failed(self) -> bool:
         return is_failed(self.status)
+
+    @property
+    def in_progress(self) -> bool:
+        """Still work for the engine: to be submitted, or submitted and not final yet."""
+        return not is_final(self.status) if self.submitted else self.status == SUBMITTING
 
     @property
     def needs_download(self) -> bool:
@@ -317,7 +374,7 @@ class JobState:
     status: str
     minor: str = ""
     app: str = ""
-    site: str = ""
+    site: Optional[str] = ""          # None: not asked this time, the site the job had still holds
 
 
 @dataclass(slots=True)
@@ -355,10 +412,12 @@ def exit_code(job: Job) -> Optional[int]:
 # ==================================================================================================
 # Store
 # ==================================================================================================
-# One LevelDB database per batch, in .grid/db. Keys: "meta" (the batch), "job/<num>" (a Job as
-# JSON), "spec/<num>" (its JobSpec, compressed). LevelDB allows one process at a time: the holder
+# One LevelDB database per batch, in .grid/db. Keys: "meta" (the batch, JSON), "job/<num>" (a Job,
+# Job.to_record()), "spec/<num>" (its JobSpec, compressed). LevelDB allows one process at a time: the holder
 # writes .grid/owner, so a second command can say who holds the batch; `status` reads a snapshot
-# (hard links of the immutable tables plus copies of the log) and never needs the lock.
+# (hard links of the immutable tables plus copies of the log) and never needs the lock. A new batch
+# is written in .grid/new-db-<pid> in chunks and renamed to .grid/db once whole, so that a batch of
+# 100,000 jobs needs neither one huge write nor a half-written batch after a crash.
 
 def job_key(num: int) -> bytes:
     return b"job/%09d" % num
@@ -371,18 +430,29 @@ def spec_key(num: int) -> bytes:
 class Store:
     """The batch's job database; the only code that touches plyvel."""
 
-    def __init__(self, db: "plyvel.DB", state_dir: Path, owned: bool) -> None:
+    def __init__(self, db: "plyvel.DB", state_dir: Path, owned: bool, path: Optional[Path] = None) -> None:
         self.db, self.state_dir, self.owned = db, state_dir, owned
+        self.path = path or state_dir / "db"
+
+    @property
+    def creating(self) -> bool:
+        """Opened with create=True and create_batch has not finished: not a batch yet."""
+        return self.path != self.state_dir / "db"
 
     @classmethod
     def open(cls, batch_dir: Path, command: str, create: bool = False) -> "Store":
+        """The batch's database, locked for this process; with create, a new one for create_batch."""
         state_dir = batch_dir / STATE_DIR
-        if not create and not (state_dir / "db").is_dir():
+        path = state_dir / "db"
+        if not create and not path.is_dir():
             raise BatchError(f"no batch in {batch_dir}",
                              "run `grid submit JOBFILE` here first, or cd to a batch directory")
         try:
             state_dir.mkdir(exist_ok=True)
-            db = plyvel.DB(str(state_dir / "db"), create_if_missing=create)
+            if create:
+                remove_abandoned_creations(state_dir)
+                path = state_dir / f"{NEW_DB_PREFIX}{os.getpid()}"
+            db = plyvel.DB(str(path), create_if_missing=create)
         except PermissionError as e:
             raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
                              "submit from a directory you can write to") from None
@@ -399,7 +469,10 @@ class Store:
                              f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
-        return cls(db, state_dir, owned=True)
+        store = cls(db, state_dir, owned=True, path=path)
+        if not create:
+            store.check_format(upgrade=True)
+        return store
 
     @classmethod
     @contextlib.contextmanager
@@ -424,6 +497,7 @@ class Store:
                                  "try again; if it persists, stop the running command and retry")
             store = cls(db, batch_dir / STATE_DIR, owned=False)
             try:
+                store.check_format()
                 yield store
             finally:
                 db.close()
@@ -431,9 +505,24 @@ class Store:
     def close(self) -> None:
         if not self.db.closed:
             self.db.close()
+        if self.creating:                      # stopped before the batch was whole: no batch at all
+            shutil.rmtree(self.path, ignore_errors=True)
         if self.owned:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
+
+    def check_format(self, upgrade: bool = False) -> None:
+        """Refuse a batch written by a newer grid.py; with upgrade, mark an older one as now written
+        in this format (its records are read either way, and rewritten as jobs change)."""
+        meta = self.meta()
+        found = meta.get("format", 1)
+        if found > STORE_FORMAT:
+            self.close()
+            raise BatchError(f"this batch was written by a newer grid.py (store format {found}; "
+                             f"grid.py {__version__} reads up to {STORE_FORMAT})",
+                             "use the grid.py that made the batch, or a newer one")
+        if upgrade and found < STORE_FORMAT:
+            self.db.put(b"meta", json.dumps({**meta, "format": STORE_FORMAT}).encode(), sync=True)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -442,26 +531,70 @@ class Store:
         return json.loads(raw) if raw else {}
 
     def jobs(self) -> dict[int, Job]:
-        return {int(key[4:]): Job.from_dict(json.loads(value))
-                for key, value in self.db.iterator(prefix=b"job/")}
+        with gc_paused():
+            jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
+            return {job.num: job for job in jobs}
 
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
 
     # -- writing: everything that belongs together goes in one write batch -----------------------
 
-    def create_batch(self, meta: dict, jobs: list[Job], specs: list[JobSpec]) -> None:
-        with self.db.write_batch(transaction=True, sync=True) as batch:
-            batch.put(b"meta", json.dumps(meta).encode())
-            for job, spec in zip(jobs, specs):
-                batch.put(spec_key(job.num), spec.to_bytes())
-                batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
+    def create_batch(self, meta: dict, jobs: Iterable[Job], specs: Iterable["JobSpec | bytes"]) -> None:
+        """Write a new batch (specs as JobSpec or as JobSpec.to_bytes()), then put it in place whole."""
+        pairs = zip(jobs, specs)
+        while chunk := list(itertools.islice(pairs, CREATE_CHUNK)):
+            with self.db.write_batch() as batch:
+                for job, spec in chunk:
+                    batch.put(spec_key(job.num), spec if isinstance(spec, bytes) else spec.to_bytes())
+                    batch.put(job_key(job.num), job.to_record())
+        self.db.put(b"meta", json.dumps({**meta, "format": STORE_FORMAT}).encode(), sync=True)
+        if self.creating:
+            self.db.close()
+            try:
+                os.rename(self.path, self.state_dir / "db")
+            except OSError:                    # another submit made a batch here meanwhile
+                raise BatchError(f"{self.state_dir.parent} already holds a batch",
+                                 "resume it with `grid watch`, or submit from a new directory") from None
+            self.path = self.state_dir / "db"
+            self.db = plyvel.DB(str(self.path))
 
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
         with self.db.write_batch(transaction=True, sync=sync) as batch:
             for job in jobs:
-                batch.put(job_key(job.num), json.dumps(job.to_dict()).encode())
+                batch.put(job_key(job.num), job.to_record())
+
+
+def remove_abandoned_creations(state_dir: Path) -> None:
+    """Batches whose creation was killed before they were whole (their process is gone)."""
+    for path in state_dir.glob(f"{NEW_DB_PREFIX}*"):
+        pid = path.name[len(NEW_DB_PREFIX):]
+        if not pid.isdigit() or int(pid) == os.getpid() or not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                    # someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Loading 100,000 records makes Python's collector walk everything loaded so far, again and again
+    (about two thirds of the load time); the records hold no cycles, so it may rest meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def copy_leveldb(source: Path, dest: Path) -> None:
@@ -510,19 +643,68 @@ def atomic_write(path: Path, data: bytes) -> None:
 # A job file is plain Python run with `submit` and DIRAC's `Job` defined. The whole file runs
 # before anything is submitted, so a mistake half way submits nothing.
 
-def load_job_files(paths: list[str], batch_tag: str) -> list[JobSpec]:
+class SpecSpool:
+    """The specs a job file submits, compressed into an unnamed temporary file as they come.
+
+    A job file may submit 100,000 jobs, and all of them are known before anything is submitted;
+    each spec is 5 kB in memory, 1 kB compressed: on disk, they cost the memory of their names.
+    Reads like a list of JobSpec; blobs() gives them compressed, as the store keeps them.
+    """
+
+    def __init__(self) -> None:
+        self.file = tempfile.TemporaryFile(prefix="grid-specs-")
+        self.names: list[str] = []
+        self.offsets: list[int] = []
+        self.end = 0                           # appends are buffered: no seek, no write per spec
+
+    def append(self, spec: JobSpec) -> None:
+        record = spec.to_bytes()
+        record = struct.pack(">I", len(record)) + record
+        if self.file.tell() != self.end:       # read from since the last append
+            self.file.seek(self.end)
+        self.file.write(record)
+        self.offsets.append(self.end)
+        self.end += len(record)
+        self.names.append(spec.name)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def blob(self, index: int) -> bytes:
+        self.file.seek(self.offsets[index])
+        (size,) = struct.unpack(">I", self.file.read(4))
+        return self.file.read(size)
+
+    def blobs(self) -> Iterator[bytes]:
+        for index in range(len(self)):
+            yield self.blob(index)
+
+    def __getitem__(self, index: int) -> JobSpec:
+        return JobSpec.from_bytes(self.blob(range(len(self))[index]))
+
+    def __iter__(self) -> Iterator[JobSpec]:
+        for index in range(len(self)):
+            yield self[index]
+
+    def close(self) -> None:
+        """Once the store has them: the file goes, and the names with it."""
+        self.file.close()
+        self.names, self.offsets = [], []
+
+
+def load_job_files(paths: list[str], batch_tag: str) -> SpecSpool:
     """Run the job files in order and return what they submitted, or raise JobFileError."""
     job_class = import_dirac_job()
-    specs: list[JobSpec] = []
+    specs = SpecSpool()
     for path in paths:
-        specs.extend(run_job_file(Path(path), job_class, batch_tag))
+        run_job_file(Path(path), job_class, batch_tag, specs)
     if not specs:
         raise JobFileError(f"{', '.join(paths)} submitted no job",
                            "call submit(j) for every Job j you want to run")
     return specs
 
 
-def run_job_file(path: Path, job_class: type, batch_tag: str) -> list[JobSpec]:
+def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool) -> None:
     try:
         source = path.read_bytes()
     except FileNotFoundError:
@@ -536,7 +718,6 @@ def run_job_file(path: Path, job_class: type, batch_tag: str) -> list[JobSpec]:
                            "fix the job file; nothing was submitted") from None
     except ValueError as e:                          # e.g. null bytes: not a Python file
         raise JobFileError(f"{path}: not a Python file ({e})") from None
-    specs: list[JobSpec] = []
 
     def submit(job: Any) -> None:
         line = sys._getframe(1).f_lineno
@@ -560,7 +741,6 @@ def run_job_file(path: Path, job_class: type, batch_tag: str) -> list[JobSpec]:
     except BaseException as e:                       # noqa: B902  the user's code may raise anything
         raise JobFileError(f"{where_in(path, e)}: {type(e).__name__}: {e}",
                            "fix the job file; nothing was submitted") from None
-    return specs
 
 
 def where_in(path: Path, error: BaseException) -> str:
@@ -851,7 +1031,7 @@ class DiracBackend(Backend):
     def __init__(self) -> None:
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
         self.reuse_clients = False           # decided by connect(): every service speaks dips://
-        self.sites: dict[int, tuple] = {}    # job id: (status, site) at the last status call
+        self.reported: dict[int, JobState] = {}      # what status() last said about each job
 
     def connect(self) -> None:
         try:
@@ -897,26 +1077,33 @@ class DiracBackend(Backend):
         return int(value[0] if isinstance(value, list) else value)
 
     def status(self, ids: list[int]) -> dict[int, JobState]:
-        """Three attributes of every job, and the site only of jobs whose status changed: a job
-        changes site only with its status. Decoding every attribute of 1000 jobs (getJobsSummary)
-        costs the client three times the CPU."""
+        """One getJobsStates call: the three statuses of every job (getJobsSummary would send all
+        thirty attributes, five times the bytes). A job's site changes only with its status, so
+        getJobsSites asks only about the jobs whose status just changed to Matched or beyond."""
         monitoring = self._clients().monitoring
-        found = self._value(monitoring.getJobsStates(list(ids)), "status query")
-        states = {int(key): JobState(attrs.get("Status", ""), attrs.get("MinorStatus", ""),
-                                     attrs.get("ApplicationStatus", ""))
-                  for key, attrs in found.items()}
-        moved = [job_id for job_id, state in states.items()
-                 if job_id not in self.sites or self.sites[job_id][0] != state.status]
-        if moved:
-            sites = self._value(monitoring.getJobsSites(moved), "site query")
-            for key, attrs in sites.items():
-                self.sites[int(key)] = (states[int(key)].status, attrs.get("Site", ""))
+        answer = self._value(monitoring.getJobsStates(list(ids)), "status query")
+        states, moved = {}, []
+        for job_id in ids:
+            attrs = answer.get(job_id) or answer.get(str(job_id))
+            if attrs is None:                # gone from the server: cleaned up or removed
+                states[job_id] = JobState(DELETED, "Unknown to the server")
+                continue
+            states[job_id] = JobState(attrs.get("Status", ""), attrs.get("MinorStatus", ""),
+                                      attrs.get("ApplicationStatus", ""))
+            if states[job_id].status not in NO_NEW_SITE and \
+                    states[job_id].status != getattr(self.reported.get(job_id), "status", None):
+                moved.append(job_id)
+        sites = self._value(monitoring.getJobsSites(moved), "site query") if moved else {}
+        moved_set = set(moved)
         for job_id, state in states.items():
-            state.site = self.sites.get(job_id, ("", ""))[1]
+            if job_id in moved_set:
+                state.site = (sites.get(job_id) or sites.get(str(job_id)) or {}).get("Site", "")
+            else:
+                state.site = self.reported[job_id].site if job_id in self.reported else None
             if is_final(state.status):
-                self.sites.pop(job_id, None)   # never asked about again
-        for job_id in ids:                   # gone from the server: cleaned up or removed
-            states.setdefault(job_id, JobState(DELETED, "Unknown to the server"))
+                self.reported.pop(job_id, None)      # never asked about again
+            else:
+                self.reported[job_id] = state
         return states
 
     def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
@@ -1359,7 +1546,8 @@ def clean_partial_downloads(batch_dir: Path) -> None:
 # One engine per command. It owns every greenlet and pool: a submitter (bounded pool), a monitor
 # (one bulk status sweep every interval, only for jobs that are not final) and a downloader
 # (bounded pool). Blocking backend calls run in gevent's threadpool, so they overlap and the loop
-# stays responsive.
+# stays responsive. What every event needs (the summary counts, how many jobs are still open, the
+# job of a DIRAC id) is kept up to date as jobs change, never recounted: a batch may hold 100,000 jobs.
 
 class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
@@ -1373,6 +1561,9 @@ class Engine:
         self.meta = store.meta()
         self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
         self.jobs = store.jobs()
+        self.by_id = {job.dirac_id: job for job in self.jobs.values() if job.dirac_id}
+        self.column_totals = column_counts(job.status for job in self.jobs.values())
+        self.jobs_in_progress = sum(1 for job in self.jobs.values() if job.in_progress)
         self.threadpool = gevent.get_hub().threadpool
         self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
         self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
@@ -1456,14 +1647,11 @@ class Engine:
         self.finished.set()
 
     def check_finished(self) -> None:
-        pending = any(not j.submitted and j.status == SUBMITTING for j in self.jobs.values())
-        active = any(j.submitted and not is_final(j.status) for j in self.jobs.values())
-        if not pending and not active and not self.submitting and not self.downloading \
-                and self.downloads.empty():
+        if not (self.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
             self.finished.set()
 
     def counts(self) -> list[int]:
-        return column_counts(job.status for job in self.jobs.values())
+        return list(self.column_totals)
 
     def progress(self) -> "Progress":
         """What the live footer shows; cheap enough to compute twice a second."""
@@ -1679,7 +1867,10 @@ class Engine:
         return [job for job in jobs if not job.submitted]
 
     def record_submission(self, job: Job, job_id: int, save: bool = True) -> None:
+        was_in_progress = job.in_progress
         job.dirac_id = job_id
+        self.by_id[job_id] = job
+        self.jobs_in_progress += job.in_progress - was_in_progress
         job.ids.append(job_id)
         job.attempts += 1
         job.error = job.intent = ""
@@ -1705,6 +1896,7 @@ class Engine:
     def resubmit(self, job: Job) -> None:
         """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
         self.retire_attempt(job)
+        self.by_id.pop(job.dirac_id, None)
         job.dirac_id = 0
         self.transition(job, JobState(SUBMITTING, f"Resubmission {len(job.past)}"), save=False)
         self.store.save(job, sync=True)
@@ -1742,10 +1934,8 @@ class Engine:
     def monitor(self) -> None:
         failures = 0
         while not self.stopping.is_set():
-            active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
             try:
-                for chunk in chunks(active, BULK_STATUS_MAX):
-                    self.apply(self.call(self.backend.status, chunk))
+                self.sweep()
             except CallFailed as e:
                 failures += 1
                 self.server_trouble(str(e))
@@ -1757,16 +1947,25 @@ class Engine:
             self.check_finished()
             self.stopping.wait(self.interval)
 
+    def sweep(self) -> None:
+        """Ask about every job that is not final, in calls of at most BULK_STATUS_MAX ids; none, no call."""
+        if not self.jobs_in_progress:      # only downloads left: not even a look at the jobs
+            return
+        active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
+        for chunk in chunks(active, BULK_STATUS_MAX):
+            self.apply(self.call(self.backend.status, chunk))
+
     def server_trouble(self, message: str) -> None:
         if self.outage_since is None:
             self.outage_since = time.time()
             self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
 
     def apply(self, states: dict[int, JobState]) -> None:
-        by_id = {j.dirac_id: j for j in self.jobs.values() if j.dirac_id in states}
         changed = []
         for job_id, state in states.items():
-            job = by_id.get(job_id)
+            job = self.by_id.get(job_id)
+            if job and state.site is None:
+                state.site = job.site
             if job and (state.status, state.minor, state.app, state.site) != \
                     (job.status, job.minor, job.app, job.site):
                 self.transition(job, state, save=False)
@@ -1775,10 +1974,15 @@ class Engine:
             self.store.save(*changed)
 
     def transition(self, job: Job, state: JobState, save: bool = True) -> None:
-        old_status = job.status
-        job.minor, job.app, job.site = state.minor, state.app, state.site
+        old_status, was_in_progress = job.status, job.in_progress
+        job.minor, job.app = state.minor, state.app
+        if state.site is not None:
+            job.site = state.site
         if state.status != old_status:
             job.status = state.status
+            self.column_totals[column_of(old_status)] -= 1
+            self.column_totals[column_of(job.status)] += 1
+            self.jobs_in_progress += job.in_progress - was_in_progress
             job.history.append([state.status, round(time.time(), 3)])
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
@@ -2091,16 +2295,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
     backend.connect()
     store = Store.open(batch_dir, "submit", create=True)
     try:
-        jobs = [Job(num=i, name=spec.name, history=[[SUBMITTING, round(time.time(), 3)]])
-                for i, spec in enumerate(specs, 1)]
+        now = round(time.time(), 3)
+        jobs = (Job(num=i, name=name, history=[[SUBMITTING, now]]) for i, name in enumerate(specs.names, 1))
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
                 "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk}
         if args.retries is not None:
             meta["retries"] = args.retries
-        store.create_batch(meta, jobs, specs)
+        store.create_batch(meta, jobs, specs.blobs())
         display = make_display(args.json)
-        display.message(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
+        display.message(f"{len(specs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
                         f"on the {args.backend} backend")
+        specs.close()
         return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch)
     finally:
         store.close()
@@ -2117,7 +2322,7 @@ def ensure_writable(batch_dir: Path) -> None:
                          "submit from a directory you can write to") from None
 
 
-def print_dry_run(specs: list[JobSpec], backend: str) -> None:
+def print_dry_run(specs: SpecSpool, backend: str) -> None:
     print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
     for num, spec in enumerate(specs, 1):
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
@@ -2322,10 +2527,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     ordered = [jobs[n] for n in sorted(jobs)]
     counts = column_counts(j.status for j in ordered)
     if args.json:
-        json.dump({"batch": str(batch_dir), "tag": meta.get("tag"), "backend": meta.get("backend"),
-                   "summary": dict(zip(COLUMN_NAMES, counts)),
-                   "jobs": [status_record(j) for j in ordered]}, sys.stdout, indent=None)
-        sys.stdout.write("\n")
+        with gc_paused():               # one string, one write: json.dump() writes piece by piece
+            document = json.dumps({"batch": str(batch_dir), "tag": meta.get("tag"),
+                                   "backend": meta.get("backend"), "summary": dict(zip(COLUMN_NAMES, counts)),
+                                   "jobs": [status_record(j) for j in ordered]})
+        sys.stdout.write(document + "\n")
         return EXIT_OK
     out = [summary_line(counts)]
     for job in ordered:

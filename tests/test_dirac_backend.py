@@ -38,38 +38,6 @@ def test_tagged_jdl_is_accepted_by_diracs_own_parser():
     assert "std.out" in classad.getListFromExpression("OutputSandbox")
 
 
-class FakeMonitoring:
-    """JobMonitoring's answers for a few jobs; counts the ids asked per call."""
-
-    def __init__(self, jobs):
-        self.jobs, self.asked = jobs, {"states": [], "sites": []}
-
-    def getJobsStates(self, ids):
-        self.asked["states"].append(sorted(ids))
-        return {"OK": True, "Value": {str(i): {k: self.jobs[i][k] for k in ("Status", "MinorStatus", "ApplicationStatus")}
-                                      for i in ids if i in self.jobs}}
-
-    def getJobsSites(self, ids):
-        self.asked["sites"].append(sorted(ids))
-        return {"OK": True, "Value": {str(i): {"Site": self.jobs[i]["Site"]} for i in ids if i in self.jobs}}
-
-
-def test_status_reports_sites_asking_only_for_jobs_that_moved(monkeypatch):
-    job = lambda status, site: {"Status": status, "MinorStatus": "m", "ApplicationStatus": "a", "Site": site}
-    monitoring = FakeMonitoring({1: job("Waiting", "ANY"), 2: job("Waiting", "ANY")})
-    backend = grid.DiracBackend()
-    monkeypatch.setattr(backend, "_clients", lambda: type("Clients", (), {"monitoring": monitoring})())
-    first = backend.status([1, 2, 3])
-    assert first[1] == grid.JobState("Waiting", "m", "a", "ANY")
-    assert first[3].status == grid.DELETED                       # unknown to the server
-    monitoring.jobs[2] = job("Running", "LCG.CERN.cern")
-    second = backend.status([1, 2])
-    assert second[1].site == "ANY" and second[2] == grid.JobState("Running", "m", "a", "LCG.CERN.cern")
-    monitoring.jobs[2] = job("Done", "LCG.CERN.cern")
-    assert backend.status([1, 2])[2].site == "LCG.CERN.cern"
-    assert monitoring.asked["sites"] == [[1, 2], [2], [2]]       # only new jobs and jobs that moved
-
-
 def test_each_thread_makes_new_clients_when_the_proxy_file_is_renewed(monkeypatch, tmp_path):
     proxy = tmp_path / "proxy.pem"
     proxy.write_text("first proxy")

@@ -2,6 +2,7 @@
 import io
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -97,7 +98,8 @@ class FakeMonitoring:
 def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_later():
     server = {i: (grid.WAITING, "ANY") for i in range(1, 1001)}
     backend = grid.DiracBackend()
-    backend.local.monitoring = fake = FakeMonitoring(server)
+    fake = FakeMonitoring(server)
+    backend._clients = lambda: SimpleNamespace(monitoring=fake)
     first = backend.status(list(range(1, 1001)))
     assert [name for name, _ in fake.calls] == ["getJobsStates"]           # all Waiting: no site to ask
     assert {s.site for s in first.values()} == {None}                      # not asked: unchanged
@@ -124,7 +126,7 @@ def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch):
     store.save(jobs[1])
     backend = grid.DiracBackend()                                          # a new process: knows nothing yet
     fake = FakeMonitoring({5001: (grid.KILLED, "ANY"), 5002: (grid.KILLED, "ANY")})
-    backend._client = lambda kind: fake                                   # in every thread of the pool
+    backend._clients = lambda: SimpleNamespace(monitoring=fake)           # in every thread of the pool
     engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
     engine.sweep()
     store.close()

@@ -32,6 +32,7 @@ monkey.patch_all(thread=False)
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
 import contextlib  # noqa: E402
+import datetime  # noqa: E402
 import fcntl  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
@@ -83,6 +84,18 @@ DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is r
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
+# Proxy: submitting starts only if the proxy outlasts the estimate below; watching pauses while it is
+# expired. The estimate is deliberately pessimistic (measured: about 0.8 s per job and call slot at a
+# 50 ms round trip; a busy server is several times slower).
+SUBMIT_SECONDS_PER_JOB = 3.0         # per job and submission slot
+PROXY_SUBMIT_MARGIN = 600.0          # seconds to spare on top of the estimate
+PROXY_WARN_LEFT = 3600.0             # warn once when less than this is left while jobs are active
+PROXY_MIN_LEFT = 10.0                # below this the proxy counts as expired: calls pause
+PROXY_POLL = 5.0                     # seconds between looks at the proxy (a local file, no server call)
+# DIRAC's JobCleaningAgent deletes final jobs, sandboxes included, this long after their last update
+# (RemoveStatusDelay, 7 days by default); outputs still missing this long after the end are warned about.
+CLEANED_AFTER = {"dirac": 7 * 86400.0}
+CLEANING_WARN_AFTER = 5 * 86400.0
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -122,6 +135,15 @@ class BackendError(GridError):
 
 class CallFailed(Exception):
     """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+
+
+class ServerUnreachable(CallFailed):
+    """The server did not answer at all (refused, timed out): an outage, not the job's fault, so it
+    costs the job none of its tries."""
+
+
+class ProxyExpired(CallFailed):
+    """The grid proxy has expired or is gone: every call waits until a fresh one appears."""
 
 
 # ==================================================================================================
@@ -192,9 +214,10 @@ class Job:
     error: str = ""                                  # last problem with this job, for the user
     download_tries: int = 0
     intent: str = ""                                 # tag of a submission that may have reached the server
+    ended: float = 0.0                               # when it became final, by the server's clock if known
 
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent")
+              "history", "output", "error", "download_tries", "intent", "ended")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -211,6 +234,11 @@ class Job:
     def needs_download(self) -> bool:
         return (self.submitted and is_final(self.status) and not self.output
                 and self.download_tries < DOWNLOAD_ATTEMPTS)
+
+    @property
+    def ended_at(self) -> float:
+        """When the job ended; for a job recorded before `ended` existed, when we saw it end."""
+        return self.ended or (self.history[-1][1] if self.history else 0.0)
 
     def folder_name(self) -> str:
         """One folder per job, named by local number (unique) and a filesystem-safe job name."""
@@ -249,6 +277,29 @@ class JobState:
     minor: str = ""
     app: str = ""
     site: str = ""
+    ended: float = 0.0          # for a final job: its last update on the server (unix time), if known
+
+
+def outputs_at_risk(jobs: Iterable[Job], backend: str, now: float) -> tuple[int, float]:
+    """Final jobs whose output is still missing and which the server deletes soon.
+
+    Returns how many, and the seconds left before the first of them goes (0: may be gone already).
+    """
+    cleaned_after = CLEANED_AFTER.get(backend)
+    if not cleaned_after:
+        return 0, 0.0
+    ages = [now - job.ended_at for job in jobs
+            if job.submitted and is_final(job.status) and not job.output]
+    risky = [age for age in ages if age > CLEANING_WARN_AFTER]
+    return len(risky), max(0.0, cleaned_after - max(risky, default=0.0))
+
+
+def cleaning_warning(count: int, left: float, backend: str,
+                     fix: str = "fetch them now with `grid watch`") -> str:
+    days = CLEANED_AFTER[backend] / 86400
+    when = f"the first in {left / 86400:.1f} day(s)" if left > 0 else "the first may be gone already"
+    return (f"outputs of {count} job(s) not downloaded yet: DIRAC deletes them about {days:g} days after "
+            f"the job ends, {when}; {fix}")
 
 
 # ==================================================================================================
@@ -547,6 +598,10 @@ class Backend:
     def connect(self) -> None:
         """Check that the backend can be used at all; raise BackendError with the fix if not."""
 
+    def proxy_seconds_left(self) -> Optional[float]:
+        """Seconds the grid proxy is still valid (0: expired or missing); None: no proxy needed."""
+        return None
+
     def submit(self, spec: JobSpec, tag: str) -> int:
         raise NotImplementedError
 
@@ -564,6 +619,11 @@ class Backend:
         raise NotImplementedError
 
 
+# How DIRAC says that a server did not answer at all (DISET retries the connection first).
+UNREACHABLE_PATTERN = re.compile(
+    r"Errno (32|101|104|110|111|113)\b|Connection (refused|reset|timed out)|timed out|No route to host|"
+    r"Peer closed connection|Broken pipe|Name or service not known|Temporary failure in name resolution|"
+    r"Can't connect", re.IGNORECASE)
 TAG_PATTERN = re.compile(JOB_TAG_ATTRIBUTE + r'\s*=\s*"([^"]+)"')
 GROUP_PATTERN = re.compile(r'^\s*JobGroup\s*=\s*"?([^";]+)"?\s*;', re.MULTILINE)
 
@@ -604,9 +664,23 @@ class DiracBackend(Backend):
         try:
             DIRAC.initialize()
         except Exception as e:             # DIRACInitError and friends
-            raise BackendError(f"DIRAC is not configured: {e}",
+            reason = dirac_message(e)
+            if UNREACHABLE_PATTERN.search(reason):
+                raise BackendError(f"cannot reach DIRAC's configuration server: {reason}",
+                                   "check the network and try again later; nothing is lost") from None
+            raise BackendError(f"DIRAC is not configured: {reason}",
                                "run `dirac-configure`, or source your experiment's DIRAC "
                                "environment (e.g. `lb-dirac`)") from None
+
+    def proxy_seconds_left(self) -> float:
+        from DIRAC.Core.Security.ProxyInfo import getProxyInfo
+        proxy = getProxyInfo(disableVOMS=True)          # reads the local file: about a millisecond
+        return float(proxy["Value"].get("secondsLeft", 0)) if proxy["OK"] else 0.0
+
+    def _require_proxy(self) -> None:
+        """Fail before calling DIRAC when the proxy has expired: DIRAC would log an error per call."""
+        if self.proxy_seconds_left() <= PROXY_MIN_LEFT:
+            raise ProxyExpired("the grid proxy has expired")
 
     def _client(self, kind: str) -> Any:
         client = getattr(self.local, kind, None)
@@ -623,31 +697,41 @@ class DiracBackend(Backend):
             setattr(self.local, kind, client)
         return client
 
-    @staticmethod
-    def _value(result: dict, what: str) -> Any:
-        if not result.get("OK"):
-            raise CallFailed(f"{what}: {result.get('Message', 'unknown error')}")
-        return result["Value"]
+    def _value(self, result: dict, what: str) -> Any:
+        """The value of DIRAC's S_OK, or the failure as CallFailed, ServerUnreachable or ProxyExpired."""
+        if result.get("OK"):
+            return result["Value"]
+        message = f"{what}: {first_line(result.get('Message', 'unknown error'))}"
+        if self.proxy_seconds_left() <= PROXY_MIN_LEFT:
+            raise ProxyExpired(message)
+        if UNREACHABLE_PATTERN.search(message):
+            raise ServerUnreachable(message)
+        raise CallFailed(message)
 
     def submit(self, spec: JobSpec, tag: str) -> int:
         # What Dirac().submitJob does with a Job object, from the stored description instead,
         # so that a job can be (re)submitted after a restart.
+        self._require_proxy()
         result = self._client("wms").submitJob(tagged_jdl(spec.jdl, tag), io.StringIO(spec.xml))
         value = self._value(result, "submission")
         return int(value[0] if isinstance(value, list) else value)
 
     def status(self, ids: list[int]) -> dict[int, JobState]:
+        self._require_proxy()
         summary = self._value(self._client("monitoring").getJobsSummary(list(ids)), "status query")
         states = {}
         for key, attrs in summary.items():
-            states[int(key)] = JobState(attrs.get("Status", ""), attrs.get("MinorStatus", ""),
-                                        attrs.get("ApplicationStatus", ""), attrs.get("Site", ""))
+            status = attrs.get("Status", "")
+            ended = utc_timestamp(attrs.get("LastUpdateTime")) if is_final(status) else 0.0
+            states[int(key)] = JobState(status, attrs.get("MinorStatus", ""),
+                                        attrs.get("ApplicationStatus", ""), attrs.get("Site", ""), ended)
         for job_id in ids:                   # gone from the server: cleaned up or removed
             states.setdefault(job_id, JobState(DELETED, "Unknown to the server"))
         return states
 
     def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
         # The batch's jobs share a JobGroup; only jobs we do not know yet need their JDL read.
+        self._require_proxy()
         monitoring, wanted, found = self._client("monitoring"), set(tags), {}
         for group in groups:
             for job_id in map(int, self._value(monitoring.getJobs({"JobGroup": group}), "job search")):
@@ -661,19 +745,43 @@ class DiracBackend(Backend):
 
     def fetch_output(self, job_id: int, dest: Path) -> None:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
+        self._require_proxy()
         client = self._client("sandbox")
-        with tempfile.TemporaryDirectory(prefix="grid-sandbox-", dir=dest.parent) as tmp:
+        tmp = tempfile.mkdtemp(prefix="grid-sandbox-", dir=dest.parent)
+        try:
             result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
-            if not result["OK"]:
-                if "No Output sandbox" in result.get("Message", ""):
-                    return                     # the job registered no output: an empty folder says so
-                raise CallFailed(f"output download: {result['Message']}")
-            for archive in result["Value"]:
+            if not result["OK"] and "No Output sandbox" in result.get("Message", ""):
+                return                         # the job registered no output: an empty folder says so
+            for archive in self._value(result, "output download"):
                 with ZstdCompatibleTarFile(archive, mode="r") as tar:
                     safe_extract(tar, dest)
+        finally:
+            remove_tree(Path(tmp))
 
     def kill(self, ids: list[int]) -> None:
+        self._require_proxy()
         self._value(self._client("dirac").killJob(list(ids)), "kill")
+
+
+def dirac_message(error: Exception) -> str:
+    """The first line of the reason inside a DIRAC exception (often an S_ERROR dict in its args)."""
+    value = error.args[0] if error.args else error
+    text = value.get("Message", str(value)) if isinstance(value, dict) else str(value)
+    return first_line(re.sub(r"^Reason\(s\):\s*", "", text.strip()))
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0].strip()
+
+
+def utc_timestamp(value: Any) -> float:
+    """Unix time of a DIRAC time stamp (a naive UTC datetime, or its text); 0 if there is none."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.datetime.fromisoformat(value)
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return 0.0
 
 
 class LocalBackend(Backend):
@@ -753,7 +861,7 @@ class LocalBackend(Backend):
                 states[job_id] = JobState(DELETED, "Unknown to the local backend")
                 continue
             states[job_id] = JobState(state["status"], state.get("minor", ""), state.get("app", ""),
-                                      state.get("site", ""))
+                                      state.get("site", ""), state.get("ended", 0.0))
             if state["status"] in (MATCHED, RUNNING):
                 self.running.add(job_id)
             else:
@@ -959,12 +1067,31 @@ def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
         final.parent.mkdir(exist_ok=True)
         os.rename(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     return relative
 
 
 def clean_partial_downloads(batch_dir: Path) -> None:
-    shutil.rmtree(batch_dir / STATE_DIR / "tmp", ignore_errors=True)
+    remove_tree(batch_dir / STATE_DIR / "tmp")
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
+    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
+    Whatever cannot be removed stays for the next run's clean-up."""
+    with contextlib.suppress(OSError):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                entry = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.path.islink(entry):
+                        os.unlink(entry)
+                    else:
+                        os.rmdir(entry)
+        os.rmdir(path)
 
 
 # ==================================================================================================
@@ -972,8 +1099,9 @@ def clean_partial_downloads(batch_dir: Path) -> None:
 # ==================================================================================================
 # One engine per command. It owns every greenlet and pool: a submitter (bounded pool), a monitor
 # (one bulk status sweep every interval, only for jobs that are not final) and a downloader
-# (bounded pool). Blocking backend calls run in gevent's threadpool, so they overlap and the loop
-# stays responsive.
+# (bounded pool), and a proxy watcher. Blocking backend calls run in gevent's threadpool, so they
+# overlap and the loop stays responsive. Every call goes through Engine.call, the one place that
+# waits while the proxy is expired and announces outages, so each shows as one line, not one per job.
 
 class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
@@ -992,15 +1120,95 @@ class Engine:
         self.stopping = gevent.event.Event()
         self.finished = gevent.event.Event()
         self.outage_since: Optional[float] = None
+        self.unreachable: set[str] = set()        # kinds of call whose last try found no server
+        self.proxy_ok = gevent.event.Event()      # cleared while the proxy is expired: calls wait
+        self.proxy_ok.set()
+        self.proxy_warned = False
+        self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
         self.interrupted = False
         self.crash: Optional[BaseException] = None
 
     # -- calls into the backend -------------------------------------------------------------------
 
     def call(self, fn: Callable, *args: Any) -> Any:
-        if self.backend.threaded:
-            return self.threadpool.spawn(fn, *args).get()
-        return fn(*args)
+        """One backend call. It waits while the proxy is expired; an expired proxy or an outage it
+        meets is announced once, whichever greenlet made the call."""
+        self.wait_for_proxy()
+        try:
+            result = self.blocking(fn, *args)
+        except ProxyExpired:
+            self.proxy_expired()
+            raise
+        except ServerUnreachable as e:
+            self.server_trouble(str(e), getattr(fn, "__name__", "call"))
+            raise
+        self.server_back(getattr(fn, "__name__", "call"))
+        return result
+
+    def blocking(self, fn: Callable, *args: Any) -> Any:
+        if not self.backend.threaded:
+            return fn(*args)
+        ok, value = self.threadpool.spawn(outcome, fn, *args).get()
+        if not ok:
+            raise value
+        return value
+
+    def server_trouble(self, message: str, kind: str) -> None:
+        """An outage starts: one line, however many calls of however many kinds then fail."""
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
+        self.unreachable.add(kind)
+
+    def server_back(self, kind: str) -> None:
+        """It ends when every kind of call that failed works again: a partial outage (the sandbox
+        store down, job monitoring up) stays one outage instead of flickering."""
+        if kind in self.unreachable:
+            self.unreachable.discard(kind)
+            if not self.unreachable:
+                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
+                self.outage_since = None
+
+    # -- the proxy --------------------------------------------------------------------------------
+
+    def watch_proxy(self) -> None:
+        """Look at the proxy every few seconds (a local file): pause every call while it is expired,
+        resume once a fresh one appears, and warn once before it expires while jobs are active."""
+        while not self.stopping.is_set():
+            left = self.blocking(self.backend.proxy_seconds_left)
+            if left is None:
+                return                               # this backend needs no proxy
+            if left <= PROXY_MIN_LEFT:
+                self.proxy_expired()
+            else:
+                self.proxy_renewed(left)
+                self.proxy_running_out(left)
+            self.stopping.wait(PROXY_POLL)
+
+    def wait_for_proxy(self) -> None:
+        if not self.proxy_ok.is_set():
+            gevent.wait([self.proxy_ok, self.stopping], count=1)
+            if not self.proxy_ok.is_set():
+                raise ProxyExpired("stopped while waiting for a fresh grid proxy")
+
+    def proxy_expired(self) -> None:
+        if self.proxy_ok.is_set():
+            self.proxy_ok.clear()
+            self.display.message(f"grid proxy expired: paused, nothing is lost; renew it with "
+                                 f"{renew_command()} and this resumes by itself")
+
+    def proxy_renewed(self, left: float) -> None:
+        if not self.proxy_ok.is_set():
+            self.proxy_ok.set()
+            self.display.message(f"grid proxy renewed ({duration(left)} left): resuming")
+
+    def proxy_running_out(self, left: float) -> None:
+        if left >= PROXY_WARN_LEFT:
+            self.proxy_warned = False
+        elif not self.proxy_warned and (self.pending_submissions() or self.active_jobs()):
+            self.proxy_warned = True
+            self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
+                                 f"renew it with {renew_command()}, or watching pauses then")
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -1009,9 +1217,11 @@ class Engine:
         clean_partial_downloads(self.batch_dir)
         self.display.summary(self.counts())
         for job in self.jobs.values():
-            if job.needs_download:
+            if job.submitted and is_final(job.status) and not job.output:
+                job.download_tries = 0               # every run tries each missing output again
                 self.downloads.put(job.num)
-        workers = [gevent.spawn(self.submit_all)]
+        self.warn_cleaning()
+        workers = [gevent.spawn(self.submit_all), gevent.spawn(self.watch_proxy)]
         if watch:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
         for worker in workers:
@@ -1048,11 +1258,25 @@ class Engine:
         self.finished.set()
 
     def check_finished(self) -> None:
-        pending = any(not j.submitted and j.status == SUBMITTING for j in self.jobs.values())
-        active = any(j.submitted and not is_final(j.status) for j in self.jobs.values())
-        if not pending and not active and not self.submitting and not self.downloading \
-                and self.downloads.empty():
+        if self.submitting or self.downloading or not self.downloads.empty():
+            return
+        if not any((not j.submitted and j.status == SUBMITTING) or (j.submitted and not is_final(j.status))
+                   for j in self.jobs.values()):
             self.finished.set()
+
+    def pending_submissions(self) -> int:
+        return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
+
+    def active_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.submitted and not is_final(j.status))
+
+    def warn_cleaning(self) -> None:
+        """One loud line whenever the number of outputs the server is about to delete changes."""
+        count, left = outputs_at_risk(self.jobs.values(), self.backend.name, time.time())
+        if count and count != self.at_risk_warned:
+            self.display.message("WARNING: " + cleaning_warning(count, left, self.backend.name,
+                                                                "this `grid watch` is fetching them"))
+        self.at_risk_warned = count
 
     def counts(self) -> list[int]:
         return column_counts(job.status for job in self.jobs.values())
@@ -1081,9 +1305,11 @@ class Engine:
             try:
                 found = self.find(list(in_doubt.values()))
                 break
+            except ProxyExpired:
+                continue                             # the next call waits for a fresh proxy
             except CallFailed as e:
                 failures += 1
-                self.server_trouble(str(e))
+                self.server_trouble(str(e), "find")
                 self.stopping.wait(backoff(failures, self.interval))
         else:
             return
@@ -1099,9 +1325,11 @@ class Engine:
         return self.call(self.backend.find, [job.intent for job in jobs], groups, known)
 
     def submit_one(self, job: Job) -> None:
+        """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
         try:
             spec = self.store.spec(job.num)
-            for attempt in range(SUBMIT_ATTEMPTS):
+            errors = outages = 0
+            while not self.stopping.is_set():
                 tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
                 try:
                     if job.intent == tag:        # an earlier try may have reached the server
@@ -1112,15 +1340,23 @@ class Engine:
                     job.intent = tag             # on disk before the call: a crash leaves a trace
                     self.store.save(job, sync=True)
                     job_id = self.call(self.backend.submit, spec, tag)
+                except ProxyExpired:
+                    continue                     # the next call waits for a fresh proxy
+                except ServerUnreachable:
+                    outages += 1                 # announced once by call(); not this job's fault
+                    self.stopping.wait(backoff(outages))
+                    continue
                 except CallFailed as e:
+                    errors += 1
                     job.error = str(e)
-                    self.display.message(f"#{job.num} {job.name}: {e} (try {attempt + 1}/{SUBMIT_ATTEMPTS})")
-                    if self.stopping.wait(backoff(attempt)):
+                    self.display.message(f"#{job.num} {job.name}: {e} (try {errors}/{SUBMIT_ATTEMPTS})")
+                    if errors >= SUBMIT_ATTEMPTS:
+                        self.transition(job, JobState(FAILED, "Submission failed", job.error))
                         return
+                    self.stopping.wait(backoff(errors))
                     continue
                 self.record_submission(job, job_id)
                 return
-            self.transition(job, JobState(FAILED, "Submission failed", job.error))
         finally:
             self.submitting -= 1
             self.check_finished()
@@ -1142,21 +1378,17 @@ class Engine:
             try:
                 for chunk in chunks(active, BULK_STATUS_MAX):
                     self.apply(self.call(self.backend.status, chunk))
+            except ProxyExpired:
+                continue                         # the next call waits for a fresh proxy
             except CallFailed as e:
                 failures += 1
-                self.server_trouble(str(e))
+                self.server_trouble(str(e), "status")   # an error reply too: status is all we need here
                 self.stopping.wait(backoff(failures, self.interval))
                 continue
-            if failures:
-                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
-                failures, self.outage_since = 0, None
+            failures = 0
+            self.warn_cleaning()
             self.check_finished()
             self.stopping.wait(self.interval)
-
-    def server_trouble(self, message: str) -> None:
-        if self.outage_since is None:
-            self.outage_since = time.time()
-            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
 
     def apply(self, states: dict[int, JobState]) -> None:
         by_id = {j.dirac_id: j for j in self.jobs.values() if j.dirac_id in states}
@@ -1176,6 +1408,8 @@ class Engine:
         if state.status != old_status:
             job.status = state.status
             job.history.append([state.status, round(time.time(), 3)])
+            if is_final(job.status):
+                job.ended = state.ended or time.time()
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
             if is_final(job.status) and job.submitted:
@@ -1198,12 +1432,20 @@ class Engine:
         pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
 
     def download_one(self, job: Job) -> None:
+        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
+        outages = 0
         try:
             while job.needs_download and not self.stopping.is_set():
                 try:
                     job.output = self.call(download_output, self.backend, job, self.batch_dir)
                     job.error = ""
                     self.display.downloaded(job)
+                except ProxyExpired:
+                    continue                     # the next call waits for a fresh proxy
+                except ServerUnreachable:
+                    outages += 1                 # announced once by call()
+                    self.stopping.wait(backoff(outages))
+                    continue
                 except (CallFailed, OSError, tarfile.TarError) as e:
                     job.download_tries += 1
                     job.error = f"output download failed: {e}"
@@ -1215,6 +1457,44 @@ class Engine:
         finally:
             self.downloading -= 1
             self.check_finished()
+
+
+def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
+    exception a task raises, and a failed call is an everyday event here, not a bug."""
+    try:
+        return True, fn(*args)
+    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
+        return False, e
+
+
+def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:
+    """Refuse to start submitting when the proxy may expire before the last job is sent."""
+    left = backend.proxy_seconds_left() if pending else None
+    if left is None:
+        return
+    slots = max(1, min(parallel, pending))
+    needed = pending * SUBMIT_SECONDS_PER_JOB / slots + PROXY_SUBMIT_MARGIN
+    if left < needed:
+        hours = max(24, int(needed // 3600) + 2)
+        raise BackendError(
+            f"the grid proxy has {duration(left)} left, and submitting {pending} job(s) may take up to "
+            f"{duration(needed)} ({pending} x {SUBMIT_SECONDS_PER_JOB:g} s / {slots} at once, "
+            f"+ {PROXY_SUBMIT_MARGIN / 60:g} min to spare); nothing was submitted",
+            f"renew it first: {renew_command(hours)}")
+
+
+def renew_command(hours: int = 24) -> str:
+    return f"`dirac-proxy-init -v {hours}:00` (LHCb: `lhcb-proxy-init -v {hours}:00`)"
+
+
+def duration(seconds: float) -> str:
+    """'2 h 05 min', '9 min', '40 s': how long, for a person."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def backoff(attempt: int, base: float = 1.0) -> float:
@@ -1279,7 +1559,7 @@ def new_batch_tag(batch_dir: Path) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
-    if (batch_dir / STATE_DIR / "db").is_dir() and not args.dry_run:
+    if not args.dry_run and holds_batch(batch_dir):
         raise BatchError(f"{batch_dir} already holds a batch",
                          "resume it with `grid watch`, or submit from a new directory")
     tag = new_batch_tag(batch_dir)
@@ -1291,6 +1571,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ensure_writable(batch_dir)
     backend = make_backend(args.backend, batch_dir)
     backend.connect()
+    ensure_proxy_lasts(backend, len(specs), args.parallel)
     store = Store.open(batch_dir, "submit", create=True)
     try:
         jobs = [Job(num=i, name=spec.name, history=[[SUBMITTING, round(time.time(), 3)]])
@@ -1305,6 +1586,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
                       stopped=engine.interrupted)
     finally:
         store.close()
+
+
+def holds_batch(batch_dir: Path) -> bool:
+    """A batch exists once its jobs are stored; the database of a `submit` killed before that
+    holds nothing, and a new `submit` may use it."""
+    if not (batch_dir / STATE_DIR / "db").is_dir():
+        return False
+    with Store.snapshot(batch_dir) as store:
+        return bool(store.meta())
 
 
 def ensure_writable(batch_dir: Path) -> None:
@@ -1332,9 +1622,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     store = Store.open(batch_dir, "watch")
     try:
         meta = store.meta()
+        if not meta:
+            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the jobs, "
+                             "so nothing was submitted", "run `grid submit JOBFILE` here again")
         backend = make_backend(meta["backend"], batch_dir)
         backend.connect()
         engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
+        ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
         return finish(engine.run(watch=True), watched=True,
                       stopped=engine.interrupted)
     finally:
@@ -1364,6 +1658,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         meta, jobs = store.meta(), store.jobs()
     ordered = [jobs[n] for n in sorted(jobs)]
     counts = column_counts(j.status for j in ordered)
+    at_risk, left = outputs_at_risk(ordered, meta.get("backend", ""), time.time())
+    if at_risk:                          # on stderr: loud on a terminal, out of the way of a pipe
+        print(f"grid: warning: {cleaning_warning(at_risk, left, meta['backend'])}", file=sys.stderr)
     if args.json:
         json.dump({"batch": str(batch_dir), "tag": meta.get("tag"), "backend": meta.get("backend"),
                    "summary": dict(zip(COLUMN_NAMES, counts)),
@@ -1382,7 +1679,7 @@ def status_record(job: Job) -> dict:
     return {"num": job.num, "id": job.dirac_id or None, "name": job.name, "status": job.status,
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
-            "history": job.history}
+            "ended": job.ended_at if is_final(job.status) else None, "history": job.history}
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:

@@ -1703,7 +1703,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser(
         "submit", help="run job files, submit every job, then watch",
         description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
-        "job concurrently and watch them. The whole of every file runs before anything is submitted.")
+        "job concurrently and watch them. The whole of every file runs before anything is submitted. "
+        "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="where the jobs run: the DIRAC WMS, or this machine (default: %(default)s)")
@@ -1717,14 +1718,18 @@ def build_parser() -> argparse.ArgumentParser:
         "watch", help="resume watching and downloading",
         description="Follow the batch's jobs, log every status change, download outputs of final jobs "
         "into succeeded/ and failed/; submit jobs a stopped `submit` left. Returns when every job is "
-        "final and every output is downloaded. Ctrl-C stops; state is kept.")
+        "final and every output is downloaded. Ctrl-C stops; state is kept. A server outage is one "
+        "line and is waited out; an expired grid proxy pauses everything until a fresh one appears; "
+        "outputs still missing 5 days after their job ended are warned about (DIRAC deletes them "
+        "after about 7).")
     add_engine_options(watch)
     watch.set_defaults(func=cmd_watch)
 
     status = commands.add_parser(
         "status", help="summary and one line per job",
         description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder. Works while `watch` runs; does not contact the server.")
+        "status, site, output folder. Works while `watch` runs; does not contact the server. Warns on "
+        "stderr about outputs not downloaded 5 days after their job ended.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
 

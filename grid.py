@@ -14,6 +14,10 @@ A directory is a batch. From a fresh one:
     python grid.py submit --backend local jobs.py   run the same jobs on this machine first
     python grid.py watch                     resume watching and downloading
     python grid.py status [--json]           the summary and one line per job
+    python grid.py resubmit --all            failed jobs again, as new DIRAC jobs (also: --retries N)
+    python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
+    python grid.py failures | why 3 | logs 3 failed jobs grouped by reason; one job; its stdout
+    python grid.py export --csv - | list     every stored field per job; the batches under here
 
 Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
@@ -31,7 +35,9 @@ from gevent import monkey
 monkey.patch_all(thread=False)
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
+import collections  # noqa: E402
 import contextlib  # noqa: E402
+import csv  # noqa: E402
 import datetime  # noqa: E402
 import fcntl  # noqa: E402
 import glob  # noqa: E402
@@ -72,6 +78,7 @@ __version__ = "0.1.0"
 STATE_DIR = ".grid"                  # inside the batch directory: database, local jobs, temp files
 SUCCEEDED_DIR = "succeeded"          # outputs of Done jobs
 FAILED_DIR = "failed"                # outputs of every other final status
+RETRIED_DIR = "retried"              # outputs of earlier attempts of resubmitted jobs
 BACKENDS = ("dirac", "local")
 DEFAULT_BACKEND = "dirac"
 DEFAULT_PARALLEL = 16                # concurrent submissions
@@ -83,6 +90,11 @@ SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is re
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
+WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
+TAIL_BYTES = 64 * 1024               # how much of the end of a file is read to find its last lines
+LIST_DEPTH = 5                       # folder levels below FOLDER that `list` searches for batches
+EXAMPLE_JOBS = 10                    # job numbers shown per group by `failures`
+NOT_STARTED_STATUS = 1000            # exit status DIRAC's Script module gives a step it cannot start
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
 # Proxy: submitting starts only if the proxy outlasts the estimate below; watching pauses while it is
 # expired. The estimate is deliberately pessimistic (measured: about 0.8 s per job and call slot at a
@@ -96,8 +108,14 @@ PROXY_POLL = 5.0                     # seconds between looks at the proxy (a loc
 # (RemoveStatusDelay, 7 days by default); outputs still missing this long after the end are warned about.
 CLEANED_AFTER = {"dirac": 7 * 86400.0}
 CLEANING_WARN_AFTER = 5 * 86400.0
+EXIT_WHEN = ("all-final", "all-done", "first-failure")   # when `watch` returns
+SYSTEMATIC_SHARE = 0.5               # a reason failing more than this share of all attempts ...
+SYSTEMATIC_MIN = 5                   # ... at least this often is not retried automatically
+FOOTER_REFRESH = 0.5                 # seconds between redraws of the live footer
+RATE_WINDOW = 300.0                  # seconds of finished jobs the live footer's rate looks at
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
+EXIT_JOBS_FAILED = 6                 # watched to the end (or to --exit-when), and not every job is Done
 EXIT_INTERRUPTED = 130
 
 
@@ -125,6 +143,17 @@ class BatchError(GridError):
     """The batch directory has no batch, holds one already, or is in use by another command."""
 
     exit_code = EXIT_BATCH
+
+
+class BatchInUse(BatchError):
+    """Another command holds the batch's database (LevelDB allows one process at a time)."""
+
+
+class UsageError(GridError):
+    """An argument names something the batch does not have (a job number, a folder), or the command
+    needs a confirmation (--yes) it cannot ask for."""
+
+    exit_code = EXIT_USAGE
 
 
 class BackendError(GridError):
@@ -179,6 +208,11 @@ def is_final(status: str) -> bool:
     return status in FINAL
 
 
+def is_failed(status: str) -> bool:
+    """Final and not Done: the F column's jobs, whose outputs go to failed/."""
+    return is_final(status) and status != DONE
+
+
 def column_counts(statuses: Iterable[str]) -> list[int]:
     """Counts per summary column; a status DIRAC adds one day lands in the Received column."""
     counts = [0] * len(COLUMNS)
@@ -214,10 +248,11 @@ class Job:
     error: str = ""                                  # last problem with this job, for the user
     download_tries: int = 0
     intent: str = ""                                 # tag of a submission that may have reached the server
+    past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
     ended: float = 0.0                               # when it became final, by the server's clock if known
 
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent", "ended")
+              "history", "output", "error", "download_tries", "intent", "past", "ended")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -229,6 +264,10 @@ class Job:
     @property
     def submitted(self) -> bool:
         return bool(self.dirac_id)
+
+    @property
+    def failed(self) -> bool:
+        return is_failed(self.status)
 
     @property
     def needs_download(self) -> bool:
@@ -302,6 +341,38 @@ def cleaning_warning(count: int, left: float, backend: str,
             f"the job ends, {when}; {fix}")
 
 
+@dataclass(slots=True)
+class LoggingRecord:
+    """One line of a job's history as the backend keeps it (DIRAC's JobLoggingDB), shown by `why`:
+    it has the steps grid.py never sees between two status sweeps, and who made each."""
+
+    status: str
+    minor: str
+    app: str
+    time: float                                # unix time; 0 when the backend gave none we can read
+    source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
+
+
+EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
+
+
+def failure_reason(job: Job) -> str:
+    """The group key of a failed job: its status, minor and application status as DIRAC words them.
+
+    DIRAC puts a step's exit code in the application status ("sh Exited With Status 3"), so the
+    code is part of the key wherever it is known. The site is left out on purpose: one cause that
+    fails jobs at many sites is one group (`failures` lists the sites of each group). `resubmit
+    --reason TEXT` selects the failed jobs whose reason contains TEXT.
+    """
+    return f"{job.status}: {job.minor or '-'} / {job.app or '-'}"
+
+
+def exit_code(job: Job) -> Optional[int]:
+    """The exit status of the step that failed, when the application status tells it."""
+    match = EXIT_STATUS_PATTERN.search(job.app)
+    return int(match.group(1)) if match else None
+
+
 # ==================================================================================================
 # Store
 # ==================================================================================================
@@ -338,7 +409,7 @@ class Store:
                              "submit from a directory you can write to") from None
         except plyvel.IOError as e:
             if "lock" in str(e).lower():
-                raise BatchError(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
+                raise BatchInUse(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
                                  "wait for it to finish or stop it (Ctrl-C); "
                                  "`grid status` works meanwhile") from None
             raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
@@ -347,6 +418,10 @@ class Store:
             raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
                              f"repair it with: python -c \"import plyvel; "
                              f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
+        if not create and db.get(b"meta") is None:
+            db.close()                   # a `submit` killed before it stored the jobs: nothing was sent
+            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                             "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
         return cls(db, state_dir, owned=True)
@@ -587,9 +662,9 @@ def quiet_dirac_logs(logger: Any) -> None:
 # ==================================================================================================
 # Backends
 # ==================================================================================================
-# A backend does four things: submit a job, report the state of many jobs at once, fetch a job's
-# output into an empty folder, and kill jobs. Calls block; `threaded` tells the engine to run them
-# in its threadpool. Failures that may pass raise CallFailed.
+# A backend does five things: submit a job, report the state of many jobs at once, fetch a job's
+# output into an empty folder, kill jobs, and tell one job's detailed history. Calls block;
+# `threaded` tells the engine to run them in its threadpool. Failures that may pass raise CallFailed.
 
 class Backend:
     name = "?"
@@ -616,6 +691,15 @@ class Backend:
         raise NotImplementedError
 
     def kill(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+    def reschedule(self, ids: list[int]) -> None:
+        """Run the same jobs (same ids) again from the start."""
+        raise BackendError(f"the {self.name} backend cannot reschedule jobs",
+                           "use `grid resubmit`, which submits them again as new jobs")
+
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        """Every state the backend recorded for one job, oldest first (one call: `why` asks on demand)."""
         raise NotImplementedError
 
 
@@ -762,6 +846,23 @@ class DiracBackend(Backend):
         self._require_proxy()
         self._value(self._client("dirac").killJob(list(ids)), "kill")
 
+    def reschedule(self, ids: list[int]) -> None:
+        self._value(self._client("wms").rescheduleJob(list(ids)), "reschedule")
+
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        rows = self._value(self._client("monitoring").getJobLoggingInfo(int(job_id)), "logging info")
+        return [LoggingRecord(str(status), str(minor), str(app), dirac_time(str(when)), str(source))
+                for status, minor, app, when, source in rows]
+
+
+def dirac_time(text: str) -> float:
+    """DIRAC's time stamps are UTC 'YYYY-MM-DD HH:MM:SS' strings; 0 when it is not one."""
+    try:
+        stamp = datetime.datetime.strptime(text.split(".")[0], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return 0.0
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
 
 def dirac_message(error: Exception) -> str:
     """The first line of the reason inside a DIRAC exception (often an S_ERROR dict in its args)."""
@@ -814,8 +915,7 @@ class LocalBackend(Backend):
             return {}
 
     def _set_state(self, job_id: int, status: str, minor: str = "", app: str = "", **extra: Any) -> None:
-        state = {"status": status, "minor": minor, "app": app, "site": "Local", **extra}
-        atomic_write(self._dir(job_id) / "state.json", json.dumps(state).encode())
+        write_local_state(self._dir(job_id), "Scheduler", status, minor, app, **extra)
 
     def _new_id(self) -> int:
         """A fresh id, claimed by creating its folder (atomic, so ids are never shared)."""
@@ -884,7 +984,7 @@ class LocalBackend(Backend):
         """Received jobs become Waiting (their sandbox is staged); Waiting ones run when a CPU is free."""
         for job_id in sorted(ids):
             state = states[job_id]
-            if state.status == RECEIVED:
+            if state.status in (RECEIVED, RESCHEDULED):
                 self._stage(job_id)
             elif state.status == WAITING and len(self.running) < self.slots:
                 self._start(job_id)
@@ -954,6 +1054,57 @@ class LocalBackend(Backend):
                     os.killpg(int(state["pid"]), signal.SIGTERM)
             self._set_state(job_id, KILLED, "Marked for termination")
 
+    def reschedule(self, ids: list[int]) -> None:
+        """As DIRAC does: stop the job wherever it is, forget its results, run it again from Received."""
+        for job_id in ids:
+            state = self._state(job_id)
+            if not state:
+                raise CallFailed(f"reschedule: job {job_id} is unknown to the local backend")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if state["status"] == RUNNING and self._alive(job_id):
+                    os.killpg(int(state["pid"]), signal.SIGTERM)
+            self._set_state(job_id, KILLED, "Rescheduling")   # a runner still ending finds it taken
+            work = self._dir(job_id) / "work"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            self._set_state(job_id, RESCHEDULED, "Job Rescheduled")
+
+    def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        try:
+            lines = (self._dir(job_id) / LOCAL_LOGGING).read_text().splitlines()
+        except FileNotFoundError:                # a job run by an older grid.py: its state is all there is
+            state = self._state(job_id)
+            if not state:
+                raise CallFailed(f"no logging information for local job {job_id}") from None
+            return [LoggingRecord(state["status"], state.get("minor", ""), state.get("app", ""),
+                                  state.get("ended") or state.get("since") or 0, "state.json")]
+        records = []
+        for line in lines:
+            try:
+                status, minor, app, when, source = json.loads(line)
+            except (ValueError, TypeError):
+                continue                             # a line cut short by a crash
+            records.append(LoggingRecord(status, minor, app, when, source))
+        return records
+
+
+LOCAL_SITE = "Local"
+LOCAL_LOGGING = "logging.jsonl"                  # a local job's history, one JSON list per line
+
+
+def write_local_state(folder: Path, source: str, status: str, minor: str = "", app: str = "",
+                      **extra: Any) -> None:
+    """Set a local job's state and add a line to its history, as DIRAC's JobLoggingDB would.
+
+    The state comes first: a crash between the two loses a line of history, never a state. Lines
+    are appended in one write each, so the scheduler and the runner never mix their lines.
+    """
+    state = {"status": status, "minor": minor, "app": app, "site": LOCAL_SITE, **extra}
+    atomic_write(folder / "state.json", json.dumps(state).encode())
+    line = json.dumps([status, minor, app, round(time.time(), 3), source]) + "\n"
+    with open(folder / LOCAL_LOGGING, "a") as log:
+        log.write(line)
+
 
 def run_local_job(folder: Path) -> int:
     """The runner of one local job (its own process): run each step as DIRAC's Script module would."""
@@ -963,15 +1114,13 @@ def run_local_job(folder: Path) -> int:
     state = json.loads((folder / "state.json").read_bytes())
     if state["status"] != MATCHED:
         return 0                                 # already run, or put back to Waiting meanwhile
-    atomic_write(folder / "state.json", json.dumps(
-        {"status": RUNNING, "minor": "Application", "app": "", "site": "Local", "pid": os.getpid()}).encode())
+    write_local_state(folder, "Runner", RUNNING, "Application", pid=os.getpid())
     spec = json.loads((folder / "spec.json").read_bytes())
     work = folder / "work"
     os.chdir(work)
 
     def finish(status: str, minor: str, app: str) -> int:
-        state = {"status": status, "minor": minor, "app": app, "site": "Local", "ended": time.time()}
-        atomic_write(folder / "state.json", json.dumps(state).encode())
+        write_local_state(folder, "Runner", status, minor, app, ended=time.time())
         return 0
 
     with open(work / "std.out", "ab") as stdout, open(work / "std.err", "ab") as stderr:
@@ -980,10 +1129,10 @@ def run_local_job(folder: Path) -> int:
             name = os.path.basename(executable).split("_")[0] or executable
             try:
                 done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
-            except OSError as e:
+            except OSError as e:                 # DIRAC's words for a step it cannot start
                 stderr.write(f"{executable}: {e.strerror}\n".encode())
                 return finish(FAILED, "Application Finished With Errors",
-                              f"'{name}' Exited With Status 127")
+                              f"{name} Exited With Status {NOT_STARTED_STATUS}")
             stdout.write(done.stdout)
             stderr.write(done.stderr)
             with open(work / log_name, "wb") as log:
@@ -992,7 +1141,7 @@ def run_local_job(folder: Path) -> int:
                     log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n" % executable.encode() + done.stderr)
             if done.returncode != 0:
                 return finish(FAILED, "Application Finished With Errors",
-                              f"'{name}' Exited With Status {done.returncode}")
+                              f"{name} Exited With Status {done.returncode}")
     return finish(DONE, "Execution Complete", "Job finished successfully")
 
 
@@ -1106,14 +1255,18 @@ def remove_tree(path: Path) -> None:
 class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
                  parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
-                 download_parallel: int = DOWNLOAD_PARALLEL) -> None:
+                 download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
+                 exit_when: str = "all-final") -> None:
         self.store, self.backend, self.display, self.batch_dir = store, backend, display, batch_dir
         self.parallel, self.download_parallel = parallel, download_parallel
         self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
+        self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.jobs = store.jobs()
         self.threadpool = gevent.get_hub().threadpool
         self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
+        self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
+        self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
         self.downloads: gevent.queue.Queue = gevent.queue.Queue()
         self.submitting = 0
         self.downloading = 0
@@ -1126,7 +1279,11 @@ class Engine:
         self.proxy_warned = False
         self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
         self.interrupted = False
+        self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
         self.crash: Optional[BaseException] = None
+        self.attempt_stats = AttemptStats(self.jobs.values())
+        self.not_retried: set[str] = set()           # reasons already reported as failing everywhere
+        self.final_times: list[float] = []           # when jobs became final in this run: the rate
 
     # -- calls into the backend -------------------------------------------------------------------
 
@@ -1213,15 +1370,21 @@ class Engine:
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self, watch: bool = True) -> dict[int, Job]:
-        """Submit what is not submitted yet; with watch, follow every job until final and downloaded."""
+        """Submit what is not submitted yet; with watch, follow every job until final and downloaded
+        (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
         clean_partial_downloads(self.batch_dir)
-        self.display.summary(self.counts())
+        self.display.start(self)
         for job in self.jobs.values():
             if job.submitted and is_final(job.status) and not job.output:
-                job.download_tries = 0               # every run tries each missing output again
+                job.download_tries = 0           # every run tries each missing output again
+            if not job.submitted and job.status == SUBMITTING:
+                self.queue_submission(job)
+            elif job.needs_download:
                 self.downloads.put(job.num)
+            elif watch and job.failed:
+                self.settle(job)                 # failed before the last run ended: retry or exit now
         self.warn_cleaning()
-        workers = [gevent.spawn(self.submit_all), gevent.spawn(self.watch_proxy)]
+        workers = [gevent.spawn(self.submit_all, watch), gevent.spawn(self.watch_proxy)]
         if watch:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
         for worker in workers:
@@ -1229,6 +1392,7 @@ class Engine:
         handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
         try:
             if watch:
+                self.check_finished()
                 self.finished.wait()
             else:
                 workers[0].join()
@@ -1237,6 +1401,7 @@ class Engine:
                 handler.cancel()
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
+            self.display.close(self)
         if self.crash:
             raise self.crash
         return self.jobs
@@ -1255,6 +1420,12 @@ class Engine:
                              f"({self.submitting} submission(s) in flight finish first)")
         self.interrupted = True
         self.stopping.set()
+        self.finished.set()
+
+    def exit_early(self, why: str) -> None:
+        self.exited_early = why
+        self.display.message(f"{why}; stopping as --exit-when {self.exit_when} asks "
+                             "(`grid watch` follows the rest)")
         self.finished.set()
 
     def check_finished(self) -> None:
@@ -1281,21 +1452,51 @@ class Engine:
     def counts(self) -> list[int]:
         return column_counts(job.status for job in self.jobs.values())
 
+    def progress(self) -> "Progress":
+        """What the live footer shows; cheap enough to compute twice a second."""
+        now = time.time()
+        recent = [t for t in self.final_times if t > now - RATE_WINDOW]
+        span = now - recent[0] if recent else 0.0
+        rate = len(recent) / span if len(recent) > 1 and span > 1 else 0.0
+        jobs = self.jobs.values()
+        return Progress(counts=self.counts(), total=len(self.jobs),
+                        final=sum(1 for j in jobs if is_final(j.status)),
+                        failed=sum(1 for j in jobs if j.failed),
+                        submitted=sum(1 for j in jobs if j.submitted),
+                        downloaded=sum(1 for j in jobs if j.output), rate=rate,
+                        server=self.server_state())
+
+    def server_state(self) -> str:
+        if not self.proxy_ok.is_set():
+            return "paused: grid proxy expired"
+        if self.outage_since is not None:
+            return f"server unreachable since {clock(self.outage_since)}"
+        return "server ok"
+
     # -- submitting -------------------------------------------------------------------------------
 
-    def submit_all(self) -> None:
+    def submit_all(self, keep_going: bool) -> None:
+        """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
         self.reconcile()
-        pending = [j.num for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING]
         pool = gevent.pool.Pool(self.parallel)
-        for num in pending:
-            if self.stopping.is_set():
+        while not self.stopping.is_set():
+            if self.to_submit.empty() and not keep_going:
                 break
+            try:
+                num = self.to_submit.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
             pool.wait_available()
             if self.stopping.is_set():
                 break
             self.submitting += 1
             pool.spawn(self.submit_one, self.jobs[num]).link_exception(self._crashed)
         pool.join()           # submissions in flight are always waited for and recorded
+
+    def queue_submission(self, job: Job) -> None:
+        if job.num not in self.queued:
+            self.queued.add(job.num)
+            self.to_submit.put(job.num)
 
     def reconcile(self) -> None:
         """After a crash, adopt the jobs the server accepted before their ids were stored."""
@@ -1327,6 +1528,8 @@ class Engine:
     def submit_one(self, job: Job) -> None:
         """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
         try:
+            if job.submitted:                    # found by reconcile() while it waited in the queue
+                return
             spec = self.store.spec(job.num)
             errors = outages = 0
             while not self.stopping.is_set():
@@ -1352,6 +1555,7 @@ class Engine:
                     self.display.message(f"#{job.num} {job.name}: {e} (try {errors}/{SUBMIT_ATTEMPTS})")
                     if errors >= SUBMIT_ATTEMPTS:
                         self.transition(job, JobState(FAILED, "Submission failed", job.error))
+                        self.settle(job)
                         return
                     self.stopping.wait(backoff(errors))
                     continue
@@ -1359,6 +1563,7 @@ class Engine:
                 return
         finally:
             self.submitting -= 1
+            self.queued.discard(job.num)
             self.check_finished()
 
     def record_submission(self, job: Job, job_id: int) -> None:
@@ -1368,6 +1573,56 @@ class Engine:
         job.error = job.intent = ""
         self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
         self.store.save(job, sync=True)
+
+    # -- resubmitting -----------------------------------------------------------------------------
+
+    def retire_attempt(self, job: Job) -> None:
+        """Keep the attempt that ended apart (its output moves to retried/), so the next starts clean.
+        Safe to repeat after a crash: the move is skipped once done, the record is written last."""
+        kept = ""
+        if job.output:
+            kept = os.path.join(RETRIED_DIR, f"{job.folder_name()}.{len(job.past) + 1}")
+            move_into_place(self.batch_dir / job.output, self.batch_dir / kept)
+        ended = next((t for status, t in reversed(job.history) if status == job.status), None)
+        job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
+                         "site": job.site, "reason": failure_reason(job) if job.failed else "",
+                         "ended": ended, "output": kept})
+        job.output, job.error, job.download_tries = "", "", 0
+
+    def resubmit(self, job: Job) -> None:
+        """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
+        self.retire_attempt(job)
+        job.dirac_id = 0
+        self.transition(job, JobState(SUBMITTING, f"Resubmission {len(job.past)}"), save=False)
+        self.store.save(job, sync=True)
+        self.queue_submission(job)
+
+    def settle(self, job: Job) -> None:
+        """A failed job's output is in (or given up on): resubmit it, or end the watch, as asked."""
+        if self.exit_when == "first-failure":
+            return self.exit_early(f"#{job.num} {job.name} failed ({failure_reason(job)})")
+        refusal = self.retry_refusal(job)
+        if refusal is None:
+            self.display.message(f"#{job.num} {job.name}: resubmitting "
+                                 f"(retry {len(job.past) + 1}/{self.retries}; {failure_reason(job)})")
+            return self.resubmit(job)
+        if refusal and failure_reason(job) not in self.not_retried:
+            self.not_retried.add(failure_reason(job))
+            self.display.message(refusal)
+        if self.exit_when == "all-done":
+            self.exit_early(f"#{job.num} {job.name} failed for good ({failure_reason(job)})")
+
+    def retry_refusal(self, job: Job) -> Optional[str]:
+        """None if --retries allows another attempt; else why not ("" when there is nothing to say)."""
+        if len(job.past) >= self.retries:
+            return ""
+        reason = failure_reason(job)
+        if self.attempt_stats.systematic(reason):
+            failures, finished = self.attempt_stats.failures[reason], self.attempt_stats.finished
+            return (f"not retrying jobs that fail with {reason!r}: {failures} of {finished} finished "
+                    f"attempts failed that way, so it fails everywhere; fix the cause, then "
+                    f"`grid resubmit --reason {shell_quote(reason)}`")
+        return None
 
     # -- monitoring -------------------------------------------------------------------------------
 
@@ -1412,6 +1667,9 @@ class Engine:
                 job.ended = state.ended or time.time()
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
+            if is_final(job.status) and not is_final(old_status):
+                self.final_times.append(time.time())
+                self.attempt_stats.add(job)
             if is_final(job.status) and job.submitted:
                 self.downloads.put(job.num)
         if save:
@@ -1426,8 +1684,8 @@ class Engine:
                 num = self.downloads.get(timeout=0.2)
             except gevent.queue.Empty:
                 continue
+            self.downloading += 1                # counted before waiting: the run is not over
             pool.wait_available()
-            self.downloading += 1
             pool.spawn(self.download_one, self.jobs[num]).link_exception(self._crashed)
         pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
 
@@ -1454,9 +1712,61 @@ class Engine:
                     if job.download_tries < DOWNLOAD_ATTEMPTS:
                         self.stopping.wait(backoff(job.download_tries))
                 self.store.save(job)
+            if job.failed and not job.needs_download and not self.stopping.is_set():
+                self.settle(job)
         finally:
             self.downloading -= 1
             self.check_finished()
+
+
+class AttemptStats:
+    """Finished attempts of the whole batch and how many failed for each reason: the retry policy's
+    evidence that a reason fails everywhere (a broken executable, a missing input) and not by bad luck."""
+
+    def __init__(self, jobs: Iterable[Job]) -> None:
+        self.finished = 0
+        self.failures: dict[str, int] = {}
+        for job in jobs:
+            for attempt in job.past:
+                self._count(attempt["reason"])
+            if is_final(job.status):
+                self.add(job)
+
+    def add(self, job: Job) -> None:
+        self._count(failure_reason(job) if job.failed else "")
+
+    def _count(self, reason: str) -> None:
+        self.finished += 1
+        if reason:
+            self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def systematic(self, reason: str) -> bool:
+        failures = self.failures.get(reason, 0)
+        return failures >= SYSTEMATIC_MIN and failures > SYSTEMATIC_SHARE * self.finished
+
+
+@dataclass(slots=True)
+class Progress:
+    """A moment of the run, for the live footer."""
+
+    counts: list
+    total: int
+    final: int
+    failed: int
+    submitted: int
+    downloaded: int
+    rate: float                                  # jobs becoming final per second, lately
+    server: str
+
+    def eta(self) -> Optional[float]:
+        return (self.total - self.final) / self.rate if self.rate > 0 else None
+
+
+def move_into_place(source: Path, dest: Path) -> None:
+    """Rename a folder, unless an earlier run already did (then the source is gone)."""
+    if source.exists() and not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(source, dest)
 
 
 def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
@@ -1516,7 +1826,8 @@ def clock(when: Optional[float]) -> str:
 # ==================================================================================================
 
 class Display:
-    """The seed's output: a log line per status change and a summary line whenever counts change."""
+    """The seed's output: a log line per status change and a summary line whenever counts change.
+    Plain text with no control characters: what goes to a file, a pipe, CI or `nohup`."""
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
@@ -1527,6 +1838,12 @@ class Display:
     def write(self, line: str) -> None:
         self.out.write(line + "\n")
         self.out.flush()
+
+    def start(self, engine: Engine) -> None:
+        self.summary(engine.counts())
+
+    def close(self, engine: Engine) -> None:
+        """The run is over (finished, stopped or crashed)."""
 
     def summary(self, counts: list[int]) -> None:
         line = summary_line(counts)
@@ -1544,6 +1861,126 @@ class Display:
 
     def message(self, text: str) -> None:
         self.write(f"{clock(None)} {text}")
+
+    def result(self, text: str, record: dict) -> None:
+        """The closing line(s) of a command; record is what --json prints instead."""
+        self.write(text)
+
+
+class LiveDisplay(Display):
+    """On a terminal: the seed's log lines scroll, and one footer line under them is redrawn in place
+    with the counts, a progress bar, the rate, the time left and the server's state."""
+
+    def __init__(self, out: Any = None, color: bool = True) -> None:
+        super().__init__(out)
+        self.color = color
+        self.engine: Optional[Engine] = None
+        self.ticker: Optional[gevent.Greenlet] = None
+        self.footer_shown = False
+
+    def write(self, line: str) -> None:
+        self.out.write(f"\r\x1b[K{line}\n" + self.footer())
+        self.out.flush()
+
+    def start(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ticker = gevent.spawn(self._tick)
+
+    def _tick(self) -> None:
+        while True:
+            self.out.write("\r\x1b[K" + self.footer())
+            self.out.flush()
+            gevent.sleep(FOOTER_REFRESH)
+
+    def close(self, engine: Engine) -> None:
+        if self.ticker:
+            self.ticker.kill()
+        self.engine = None
+        self.out.write("\r\x1b[K")
+        self.write(summary_line(engine.counts()))
+
+    def summary(self, counts: list[int]) -> None:
+        """The footer shows the counts; the seed's summary line is written once, at the end."""
+
+    def footer(self) -> str:
+        if self.engine is None:
+            return ""
+        width = shutil.get_terminal_size((100, 24)).columns
+        return render_footer(self.engine.progress(), width, self.color)
+
+
+class JsonDisplay(Display):
+    """--json: one JSON object per line and event, for programs that follow a run."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}))
+
+    def summary(self, counts: list[int]) -> None:
+        line = summary_line(counts)
+        if line != self.last_summary:
+            self.last_summary = line
+            self.emit("summary", **dict(zip(COLUMN_NAMES, counts)))
+
+    def transition(self, job: Job, old: str) -> None:
+        self.emit("status", num=job.num, id=job.dirac_id or None, name=job.name, old=old, status=job.status,
+                  minor=job.minor, application=job.app, site=job.site)
+
+    def downloaded(self, job: Job) -> None:
+        self.emit("output", num=job.num, id=job.dirac_id, name=job.name, folder=job.output)
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    def result(self, text: str, record: dict) -> None:
+        self.emit("result", **record)
+
+
+def render_footer(p: Progress, width: int, color: bool) -> str:
+    """`S: 0 R: 0 W: 3 M: 0 R: 2 D: 90 F: 5 · [####x---] 95/100 final · ... · server ok`, fitted to
+    the width by leaving out the least important parts: a wrapped footer could not be redrawn."""
+    size = 20
+    done_cells = size * (p.final - p.failed) // max(p.total, 1)
+    failed_cells = size * p.final // max(p.total, 1) - done_cells
+    if color:
+        bar = f"\x1b[32m{'█' * done_cells}\x1b[31m{'█' * failed_cells}\x1b[0m"
+        bar += "░" * (size - done_cells - failed_cells)
+    else:
+        bar = "#" * done_cells + "x" * failed_cells + "-" * (size - done_cells - failed_cells)
+    eta = p.eta()
+    trouble = p.server != "server ok"
+    parts = {"counts": " ".join(f"{letter}: {n}" for (letter, _), n in zip(COLUMNS, p.counts)),
+             "trouble": p.server if trouble else "", "bar": f"[{bar}] {p.final}/{p.total} final",
+             "submitted": f"{p.submitted} submitted", "downloaded": f"{p.downloaded} downloaded",
+             "rate": f"{p.rate * 60:.1f}/min" if p.rate else "rate -",
+             "eta": f"ETA {format_duration(eta)}" if eta is not None else "ETA -",
+             "ok": "" if trouble else p.server}
+    shown = ["counts"]
+    for name in ("trouble", "bar", "submitted", "downloaded", "rate", "eta", "ok"):   # by importance
+        line = " · ".join(parts[n] for n in parts if n in shown + [name] and parts[n])
+        if parts[name] and visible_length(line) <= width - 1:
+            shown.append(name)
+    line = " · ".join(parts[n] for n in parts if n in shown and parts[n])
+    return line if visible_length(line) < width else line[:max(width - 1, 1)]
+
+
+def visible_length(text: str) -> int:
+    return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def make_display(json_lines: bool = False, out: Any = None) -> Display:
+    """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
+    out = out or sys.stdout
+    if json_lines:
+        return JsonDisplay(out)
+    if out.isatty() and os.environ.get("TERM", "") != "dumb":
+        return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
+    return Display(out)
 
 
 # ==================================================================================================
@@ -1578,12 +2015,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 for i, spec in enumerate(specs, 1)]
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
                 "jobfiles": [os.path.abspath(p) for p in args.jobfiles]}
+        if args.retries is not None:
+            meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs)
-        print(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
-              f"on the {args.backend} backend", flush=True)
-        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
-        return finish(engine.run(watch=not args.no_watch), watched=not args.no_watch,
-                      stopped=engine.interrupted)
+        display = make_display(args.json)
+        display.message(f"{len(jobs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
+                        f"on the {args.backend} backend")
+        return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch)
     finally:
         store.close()
 
@@ -1621,35 +2059,190 @@ def cmd_watch(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     store = Store.open(batch_dir, "watch")
     try:
-        meta = store.meta()
-        if not meta:
-            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the jobs, "
-                             "so nothing was submitted", "run `grid submit JOBFILE` here again")
-        backend = make_backend(meta["backend"], batch_dir)
+        backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        engine = Engine(store, backend, Display(), batch_dir, parallel=args.parallel, interval=args.interval)
-        ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
-        return finish(engine.run(watch=True), watched=True,
-                      stopped=engine.interrupted)
+        return run_engine(store, backend, make_display(args.json), batch_dir, args, watch=True)
     finally:
         store.close()
 
 
-def finish(jobs: dict[int, Job], watched: bool, stopped: bool) -> int:
-    """The closing lines of submit/watch."""
+def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path,
+               args: argparse.Namespace, watch: bool, prepare: Callable[["Engine"], None] = None) -> int:
+    """Run the engine with the command line's options; --retries is kept in the batch for `watch`."""
+    retries = args.retries if args.retries is not None else store.meta().get("retries", 0)
+    engine = Engine(store, backend, display, batch_dir, parallel=args.parallel, interval=args.interval,
+                    retries=retries, exit_when=args.exit_when)
+    if prepare:
+        prepare(engine)
+    ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
+    jobs = engine.run(watch=watch)
+    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
+
+
+def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
+           early: Optional[str] = None) -> int:
+    """The closing lines of submit/watch, and the exit code scripts chain on: 0 only if all is Done."""
     if stopped:
         return EXIT_INTERRUPTED
-    if not watched:
-        submitted = sum(1 for j in jobs.values() if j.submitted)
-        print(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`")
-        return EXIT_OK
+    submitted = sum(1 for j in jobs.values() if j.submitted)
     done = sum(1 for j in jobs.values() if j.status == DONE)
-    missing = [j for j in jobs.values() if j.submitted and not j.output]
-    print(f"all {len(jobs)} job(s) final: {done} done, {len(jobs) - done} failed; "
-          f"outputs in {SUCCEEDED_DIR}/ and {FAILED_DIR}/")
+    failed = sum(1 for j in jobs.values() if j.failed)
+    record = {"jobs": len(jobs), "submitted": submitted, "done": done, "failed": failed,
+              "final": sum(1 for j in jobs.values() if is_final(j.status)), "early_exit": early}
+    if not watched:
+        display.result(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`", record)
+        return EXIT_OK
+    missing = [j for j in jobs.values() if j.submitted and is_final(j.status) and not j.output]
+    if early:
+        text = f"stopped early ({early}): {done} done, {failed} failed, " \
+               f"{len(jobs) - record['final']} not final yet; `grid watch` follows them"
+    else:
+        text = f"all {len(jobs)} job(s) final: {done} done, {failed} failed; " \
+               f"outputs in {SUCCEEDED_DIR}/ and {FAILED_DIR}/"
+    if failed:
+        text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        print(f"  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})")
-    return EXIT_OK
+        text += f"\n  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})"
+    record["no_output"] = [j.num for j in missing]
+    display.result(text, record)
+    return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
+
+
+def select_jobs(jobs: dict[int, Job], batch_dir: Path, numbers: list[int], every: bool = False,
+                reason: Optional[str] = None, which: Callable[[Job], bool] = lambda job: True) -> list[Job]:
+    """The jobs a command acts on: named by local number, or every one `which` accepts (--all),
+    or the failed ones whose reason contains a text (--reason, as `grid failures` prints it)."""
+    if not numbers and not every and reason is None:
+        raise UsageError("name the jobs (local numbers, as `grid status` shows them), or use --all",
+                         "e.g. `grid COMMAND 3 7 12` or `grid COMMAND --all`")
+    chosen = [pick_job(jobs, num, batch_dir) for num in dict.fromkeys(numbers)]
+    if every or reason is not None:
+        chosen += [j for j in jobs.values() if which(j) and j.num not in numbers
+                   and (reason is None or (j.failed and reason in failure_reason(j)))]
+    return chosen
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask on a terminal; elsewhere demand --yes, so that no script kills jobs by surprise."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question.rstrip('?')} needs confirmation, and there is no terminal to ask",
+                         "add --yes")
+    answer = input(f"{question} [y/N] ").strip().lower()
+    if answer not in ("y", "yes"):
+        raise UsageError("nothing done", "answer y to go ahead, or add --yes")
+
+
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    store = Store.open(batch_dir, "resubmit")
+    try:
+        jobs = store.jobs()
+        chosen = select_jobs(jobs, batch_dir, args.jobs, args.all, args.reason, which=lambda job: job.failed)
+        not_final = [j for j in chosen if not is_final(j.status)]
+        if not_final:
+            job = not_final[0]
+            raise UsageError(f"job #{job.num} is {job.status}, not final: it cannot be resubmitted yet",
+                             f"wait for it, or `grid kill {job.num}` first")
+        if not chosen:
+            print("no failed job to resubmit")
+            return EXIT_OK
+        backend = make_backend(store.meta()["backend"], batch_dir)
+        backend.connect()
+        display = make_display(args.json)
+
+        def resubmit_chosen(engine: Engine) -> None:
+            for job in chosen:
+                engine.resubmit(engine.jobs[job.num])
+            display.message(f"resubmitting {len(chosen)} job(s): "
+                            + " ".join(f"#{j.num}" for j in chosen[:20]) + (" ..." if len(chosen) > 20 else ""))
+
+        return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch,
+                          prepare=resubmit_chosen)
+    finally:
+        store.close()
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    """Kill jobs on the server. Works beside a running `watch`: it only needs the jobs' ids, and the
+    watch sees the jobs become Killed; alone, it records the new statuses itself."""
+    batch_dir = Path(args.batch).resolve()
+    try:
+        store = Store.open(batch_dir, "kill")
+    except BatchInUse:
+        store = None                             # in use by a watch: act on a snapshot
+    try:
+        if store is None:
+            with Store.snapshot(batch_dir) as snapshot:
+                meta, jobs = snapshot.meta(), snapshot.jobs()
+        else:
+            meta, jobs = store.meta(), store.jobs()
+        chosen = [j for j in select_jobs(jobs, batch_dir, args.jobs, args.all,
+                                         which=lambda job: not is_final(job.status))
+                  if not is_final(j.status)]
+        if not chosen:
+            print("no job to kill: every job named is final already")
+            return EXIT_OK
+        confirm(f"kill {len(chosen)} job(s)?", args.yes)
+        backend = make_backend(meta["backend"], batch_dir)
+        backend.connect()
+        on_server = [j.dirac_id for j in chosen if j.submitted]
+        if on_server:
+            for chunk in chunks(on_server, BULK_STATUS_MAX):
+                backend.kill(chunk)
+        unsent = [j for j in chosen if not j.submitted]
+        if store is None:
+            print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
+                  "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
+            return EXIT_OK
+        engine = Engine(store, backend, Display(), batch_dir)
+        for job in unsent:
+            engine.transition(engine.jobs[job.num], JobState(KILLED, "Killed before submission"))
+        if on_server:
+            engine.apply(engine.call(backend.status, on_server))
+        print(f"killed {len(chosen)} job(s); `grid watch` downloads what they left")
+        return EXIT_OK
+    except CallFailed as e:
+        raise BackendError(str(e), "check the server with `grid watch`, then try again") from None
+    finally:
+        if store is not None:
+            store.close()
+
+
+def cmd_reschedule(args: argparse.Namespace) -> int:
+    """DIRAC's reschedule: the same job (same id) runs again; its last output is kept in retried/."""
+    batch_dir = Path(args.batch).resolve()
+    store = Store.open(batch_dir, "reschedule")
+    try:
+        jobs = store.jobs()
+        chosen = select_jobs(jobs, batch_dir, args.jobs)
+        unsent = [j for j in chosen if not j.submitted]
+        if unsent:
+            raise UsageError(f"job #{unsent[0].num} was never submitted, so it cannot be rescheduled",
+                             "`grid watch` submits it")
+        confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
+        backend = make_backend(store.meta()["backend"], batch_dir)
+        backend.connect()
+        engine = Engine(store, backend, Display(), batch_dir)
+        ids = [j.dirac_id for j in chosen]
+        try:
+            engine.call(backend.reschedule, ids)
+            states = engine.call(backend.status, ids)
+        except CallFailed as e:
+            raise BackendError(str(e), "check the jobs with `grid status`; DIRAC limits how often a job "
+                               "is rescheduled, `grid resubmit` has no limit") from None
+        for job in chosen:
+            job = engine.jobs[job.num]
+            if is_final(job.status):
+                engine.retire_attempt(job)
+            engine.transition(job, states.get(job.dirac_id, JobState(RESCHEDULED, "Job Rescheduled")),
+                              save=False)
+            store.save(job, sync=True)
+        print(f"rescheduled {len(chosen)} job(s); follow them with `grid watch`")
+        return EXIT_OK
+    finally:
+        store.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -1679,7 +2272,459 @@ def status_record(job: Job) -> dict:
     return {"num": job.num, "id": job.dirac_id or None, "name": job.name, "status": job.status,
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
-            "ended": job.ended_at if is_final(job.status) else None, "history": job.history}
+            "ended": job.ended_at if is_final(job.status) else None, "history": job.history,
+            "past": job.past}
+
+
+# -- day to day: failures, why, logs, export, list ------------------------------------------------
+# All of them read a snapshot of the batch (they work while `watch` runs) and import DIRAC only to
+# ask the server something: `why` for DIRAC's logging info, `logs` for an output not downloaded yet.
+
+def job_number(text: str) -> int:
+    """A job's local number as the log lines show it: `12` or `#12`."""
+    try:
+        value = int(text.strip().lstrip("#"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a job number: {text!r} (give its local number, e.g. 12)") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("job numbers start at 1")
+    return value
+
+
+def pick_job(jobs: dict[int, Job], num: int, batch_dir: Path) -> Job:
+    if num not in jobs:
+        have = f"its jobs are #1 to #{max(jobs)}" if jobs else "it has no job"
+        raise UsageError(f"no job #{num} in the batch in {batch_dir} ({have})",
+                         "`grid status` lists the jobs with their numbers")
+    return jobs[num]
+
+
+def command_hint(args: argparse.Namespace, *words: str) -> str:
+    """A command line the user can paste back: the same program name, and -C when it was given."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    program = program if program in ("grid", "grid.py") else "grid"
+    batch = ["-C", args.batch] if args.batch != "." else []
+    return " ".join([program, *map(shell_quote, batch), *map(shell_quote, words)])
+
+
+def shell_quote(text: str) -> str:
+    """Quote for the shell, readably: DIRAC's reasons often hold single quotes, rarely double ones."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", text):
+        return text
+    if "'" in text and not re.search(r'["$`\\!]', text):
+        return f'"{text}"'
+    return shlex.quote(text)
+
+
+def when(stamp: float) -> str:
+    """A unix time as local date and time, or '-' when unknown."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[int, Job], Optional[JobSpec]]:
+    """The batch's meta and jobs from a snapshot, and job num's spec when asked for."""
+    with Store.snapshot(batch_dir) as store:
+        meta, jobs = store.meta(), store.jobs()
+        spec = store.spec(pick_job(jobs, num, batch_dir).num) if num is not None else None
+    return meta, jobs, spec
+
+
+# failures
+
+def failure_groups(jobs: Iterable[Job]) -> list[tuple[str, list[Job]]]:
+    """Failed jobs by failure_reason, the biggest group first."""
+    groups: dict[str, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.num):
+        if is_failed(job.status):
+            groups.setdefault(failure_reason(job), []).append(job)
+    return sorted(groups.items(), key=lambda group: (-len(group[1]), group[0]))
+
+
+def site_counts(jobs: list[Job]) -> dict[str, int]:
+    """Jobs per site, the most frequent first ('-' for jobs that never reached one)."""
+    counts = collections.Counter(job.site or "-" for job in jobs)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    groups = failure_groups(jobs.values())
+    if args.json:
+        print_json({"batch": str(batch_dir), "jobs": len(jobs), "failed": sum(len(g) for _, g in groups),
+                    "groups": [failure_record(reason, members) for reason, members in groups]})
+    else:
+        sys.stdout.write("".join(line + "\n" for line in failure_lines(args, len(jobs), groups)))
+    return EXIT_OK
+
+
+def failure_record(reason: str, members: list[Job]) -> dict:
+    first = members[0]
+    return {"reason": reason, "count": len(members), "status": first.status, "minor": first.minor,
+            "application": first.app, "exit_code": exit_code(first), "sites": site_counts(members),
+            "jobs": [job.num for job in members]}
+
+
+def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, list[Job]]]) -> list[str]:
+    failed = sum(len(members) for _, members in groups)
+    if not failed:
+        return [f"no failed job among {total}"]
+    lines = [f"{failed} of {total} job(s) failed, for {len(groups)} reason(s); "
+             f"details of one: {command_hint(args, 'why', 'N')}"]
+    for reason, members in groups:
+        sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
+        examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
+        more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
+        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+                  f"       jobs:  {examples}{more}",
+                  f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
+    return lines
+
+
+def print_json(document: Any) -> None:
+    json.dump(document, sys.stdout)
+    sys.stdout.write("\n")
+
+
+# why
+
+def cmd_why(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    meta, jobs, spec = read_batch(batch_dir, args.job)
+    job = jobs[args.job]
+    lines = job_lines(job, spec, meta) + history_lines(job)
+    lines += stdout_lines(args, job, spec, batch_dir)
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
+    if job.submitted and not args.offline:
+        print_logging_info(meta.get("backend", DEFAULT_BACKEND), job, batch_dir)
+    return EXIT_OK
+
+
+def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
+    """What the store knows about one job, a field per line."""
+    since = job.history[-1][1] if job.history else 0
+    ids = ", ".join(map(str, job.ids)) or "-"
+    fields = [("status", f"{job.status} since {when(since)}"), ("minor", job.minor or "-"),
+              ("application", job.app or "-")]
+    code = exit_code(job)
+    if code == NOT_STARTED_STATUS:
+        fields.append(("exit code", f"none: the step could not be started (DIRAC reports {code})"))
+    elif code is not None:
+        fields.append(("exit code", str(code)))
+    if is_failed(job.status):
+        fields.append(("reason", failure_reason(job)))
+    id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"
+    fields += [("site", job.site or "-"), (id_label, str(job.dirac_id or "- (not submitted)")),
+               ("attempts", f"{job.attempts} (ids: {ids})"),
+               ("output", f"{job.output}/" if job.output else "-")]
+    if job.error:
+        fields.append(("problem", job.error))
+    for number, attempt in enumerate(job.past, 1):
+        kept = f", output in {attempt['output']}/" if attempt.get("output") else ""
+        fields.append((f"attempt {number}", f"{id_label} {attempt['id'] or '-'}: {attempt['status']} "
+                       f"at {when(attempt['ended'] or 0)}: {attempt['reason'] or attempt['minor']}{kept}"))
+    fields += [("defined at", spec.origin or "-"),
+               ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
+    return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+
+
+def history_lines(job: Job) -> list[str]:
+    lines = ["history (as grid.py saw it):"]
+    return lines + [f"  {when(entry[1])}  {entry[0]}" for entry in job.history]
+
+
+def stdout_lines(args: argparse.Namespace, job: Job, spec: JobSpec, batch_dir: Path) -> list[str]:
+    """The last lines of the job's stdout, or why there are none yet."""
+    folder = batch_dir / job.output if job.output else None
+    files = stdout_files(folder, spec) if folder and folder.is_dir() else []
+    if not files:
+        if folder and folder.is_dir():
+            other = command_hint(args, "logs", str(job.num), "--file", "NAME")
+            return [f"stdout: none in {job.output}/ (`{other}` prints another file)"]
+        if not job.submitted:
+            return ["stdout: none (the job was never accepted by the server)"]
+        if is_final(job.status):
+            return [f"stdout: not downloaded yet (`{command_hint(args, 'logs', str(job.num))}` fetches it)"]
+        return [f"stdout: none yet (the job is {job.status})"]
+    lines = tail_section("stdout", files[-1], batch_dir)   # the last step that wrote a log is where it ended
+    errors = folder / "std.err"
+    if is_failed(job.status) and errors.is_file() and errors.stat().st_size:
+        lines += tail_section("stderr", errors, batch_dir)
+    return lines
+
+
+def tail_section(title: str, path: Path, batch_dir: Path) -> list[str]:
+    tail = tail_lines(path, WHY_TAIL_LINES)
+    if not tail:
+        return [f"{title}: {path.relative_to(batch_dir)} is empty"]
+    heading = f"{title} (last {len(tail)} lines of {path.relative_to(batch_dir)}):"
+    return [heading] + [f"  | {line}" for line in tail]
+
+
+def stdout_files(folder: Path, spec: JobSpec) -> list[Path]:
+    """Where a job's stdout is: each step's application log (Script1_<name>.log), which holds what
+    the step printed, on the grid and locally; else std.out (on the grid, the job wrapper's log)."""
+    logs = [inside(folder, step[2]) for step in spec.steps]
+    found = [path for path in logs if path and path.is_file()]
+    if found:
+        return found
+    wrapper = folder / "std.out"
+    return [wrapper] if wrapper.is_file() else []
+
+
+def inside(folder: Path, name: str) -> Optional[Path]:
+    """folder/name if that stays inside folder (names come from job files and archives)."""
+    path = (folder / name).resolve()
+    return path if path.is_relative_to(folder.resolve()) and path != folder.resolve() else None
+
+
+def tail_lines(path: Path, count: int) -> list[str]:
+    """The last lines of a file, reading only its end: outputs can be large."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - TAIL_BYTES))
+        lines = f.read().decode(errors="replace").splitlines()
+    if size > TAIL_BYTES:
+        lines = lines[1:]                     # cut in the middle
+    return lines[-count:]
+
+
+def print_logging_info(backend_name: str, job: Job, batch_dir: Path) -> None:
+    """The backend's own history of the job (DIRAC: JobMonitoring's getJobLoggingInfo), one call."""
+    backend = make_backend(backend_name, batch_dir)
+    try:
+        if backend.threaded:                  # only DIRAC needs connecting; local reads files
+            backend.connect()
+        records = blocking_call(backend, backend.logging_info, job.dirac_id)
+    except GridError as e:
+        fix = "; or " if e.fix else ""
+        raise BackendError(e.message, f"{e.fix}{fix}add --offline to leave DIRAC's logging info out") from None
+    except CallFailed as e:
+        raise BackendError(f"cannot fetch the logging info of job {job.dirac_id}: {e}",
+                           "try again later, or add --offline to leave it out") from None
+    title = "DIRAC logging info" if backend.name == "dirac" else "local backend's logging info"
+    rows = [(when(r.time), r.status, r.minor or "-", r.app or "-", r.source or "-") for r in records]
+    sys.stdout.write(f"{title} (job {job.dirac_id}):\n" + "".join(f"  {line}\n" for line in table(rows)))
+
+
+def table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as left-aligned columns, two spaces apart."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows)] if rows else []
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def blocking_call(backend: Backend, fn: Callable, *args: Any) -> Any:
+    """A single backend call outside the engine: in gevent's threadpool when the backend is DIRAC."""
+    if backend.threaded:
+        return gevent.get_hub().threadpool.spawn(fn, *args).get()
+    return fn(*args)
+
+
+# logs
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    meta, jobs, spec = read_batch(batch_dir, args.job)
+    job = jobs[args.job]
+    folder = batch_dir / (job.output or job.output_folder())
+    if not folder.is_dir():
+        job = fetch_now(args, batch_dir, meta, job)
+        folder = batch_dir / job.output
+    files = [chosen_file(args, job, folder)] if args.file else stdout_files(folder, spec)
+    if not files:
+        other = command_hint(args, "logs", str(job.num), "--file", "NAME")
+        raise GridError(f"#{job.num} has no stdout in {job.output}/ ({folder_contents(folder)})",
+                        f"print one of its files with `{other}`")
+    sys.stdout.flush()
+    for path in files:
+        if len(files) > 1:
+            sys.stdout.buffer.write(f"==> {path.name} <==\n".encode())
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
+
+
+def chosen_file(args: argparse.Namespace, job: Job, folder: Path) -> Path:
+    path = inside(folder, args.file)
+    if not path or not path.is_file():
+        raise UsageError(f"no file {args.file!r} in {job.output}/ ({folder_contents(folder)})",
+                         "give one of the files it holds")
+    return path
+
+
+def folder_contents(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    return "it holds " + ", ".join(names) if names else "it is empty: the job registered no output"
+
+
+def fetch_now(args: argparse.Namespace, batch_dir: Path, meta: dict, job: Job) -> Job:
+    """Download a job's output now, through the engine's own code, into the folder `watch` would use.
+
+    This needs the batch's database (to record the folder). When another command holds it, the
+    user is told so: that command is `watch` or `submit`, which downloads final jobs itself.
+    """
+    if not job.submitted:
+        raise GridError(f"#{job.num} {job.name} was never accepted by the server, so it has no output",
+                        f"see why with `{command_hint(args, 'why', str(job.num))}`")
+    try:
+        store = Store.open(batch_dir, "logs")
+    except BatchInUse:
+        raise BatchInUse(f"the output of #{job.num} is not downloaded yet and the batch is in use by "
+                         f"{describe_owner(batch_dir / STATE_DIR)}",
+                         f"wait until `grid status` shows its output folder (a running `watch` downloads it), "
+                         f"then run `{command_hint(args, 'logs', str(job.num))}` again") from None
+    try:
+        backend = make_backend(meta.get("backend", DEFAULT_BACKEND), batch_dir)
+        return fetch_with(store, backend, batch_dir, job.num)
+    finally:
+        store.close()
+
+
+def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job:
+    """Ask for the job's status if we do not know it final yet, then download its output once."""
+    backend.connect()
+    engine = Engine(store, backend, Display(io.StringIO()), batch_dir)
+    job = engine.jobs[num]
+    try:
+        if not is_final(job.status):
+            before = job.status
+            engine.apply(engine.call(backend.status, [job.dirac_id]))
+            if job.status != before:
+                print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+        if not is_final(job.status):
+            raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
+                            "try again later; `grid watch` follows it and downloads the output")
+        if not job.output or not (batch_dir / job.output).is_dir():
+            job.output = engine.call(download_output, backend, job, batch_dir)
+            job.error = ""
+            store.save(job, sync=True)
+            print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
+    except (CallFailed, tarfile.TarError) as e:
+        raise BackendError(f"cannot download the output of #{job.num}: {e}",
+                           "try again later; `grid watch` retries downloads by itself") from None
+    return job
+
+
+# export
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if not args.csv and not args.json:
+        raise UsageError("say where to export to", "give --csv FILE and/or --json FILE ('-' for the terminal)")
+    if args.csv == "-" and args.json == "-":
+        raise UsageError("--csv - and --json - would both go to the terminal", "write one of them to a file")
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    ordered = [jobs[num] for num in sorted(jobs)]
+    for target, text in ((args.csv, jobs_csv(ordered)), (args.json, jobs_json(ordered))):
+        if target == "-":
+            sys.stdout.write(text)
+        elif target:
+            atomic_write(Path(target), text.encode())
+            print(f"{len(ordered)} job(s) written to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def jobs_csv(jobs: list[Job]) -> str:
+    """One row per job, a column per stored field; lists become one readable cell each."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(Job.FIELDS)
+    for job in jobs:
+        writer.writerow([csv_cell(name, value) for name, value in job.to_dict().items()])
+    return out.getvalue()
+
+
+def csv_cell(name: str, value: Any) -> Any:
+    """ids as "12;15"; history as "Received 2025-01-31T12:00:00+01:00; Waiting ..."; other lists as JSON."""
+    if name == "ids":
+        return ";".join(map(str, value))
+    if name == "history":
+        return "; ".join(f"{entry[0]} {iso_time(entry[1])}" for entry in value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+def iso_time(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
+
+
+def jobs_json(jobs: list[Job]) -> str:
+    """A JSON array with one object per job (every stored field, as stored), one job per line."""
+    return "[\n" + ",\n".join(json.dumps(job.to_dict()) for job in jobs) + "\n]\n"
+
+
+# list
+
+def cmd_list(args: argparse.Namespace) -> int:
+    root = Path(args.folder if args.folder is not None else args.batch).resolve()
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder", "give a folder that holds batch directories")
+    batches = [batch_record(path, root) for path in find_batches(root, args.depth)]
+    if args.json:
+        print_json(batches)
+    elif not batches:
+        print(f"no batch under {root} (a batch is a directory with {STATE_DIR}/db in it)", file=sys.stderr)
+    else:
+        sys.stdout.write("".join(batch_line(record) + "\n" for record in batches))
+    return EXIT_BATCH if any(record["error"] for record in batches) else EXIT_OK
+
+
+def find_batches(root: Path, depth: int) -> list[Path]:
+    """Batch directories (with .grid/db) under root; hidden folders and a batch's output folders,
+    which can hold thousands of job folders, are not searched."""
+    found = []
+    for folder, subfolders, _ in os.walk(root):
+        here = Path(folder)
+        skip = {SUCCEEDED_DIR, FAILED_DIR} if (here / STATE_DIR / "db").is_dir() else set()
+        if skip:
+            found.append(here)
+        deep_enough = len(here.relative_to(root).parts) >= depth
+        subfolders[:] = [] if deep_enough else sorted(d for d in subfolders
+                                                      if not d.startswith(".") and d not in skip)
+    return sorted(found)
+
+
+def batch_record(path: Path, root: Path) -> dict:
+    """One batch's summary from a snapshot; a batch that cannot be read says why."""
+    record: dict = {"path": os.path.relpath(path, root), "batch": str(path), "tag": None, "backend": None,
+                    "created": None, "jobs": 0, "summary": None, "in_use_by": live_owner(path / STATE_DIR),
+                    "error": None}
+    try:
+        with Store.snapshot(path) as store:
+            meta, jobs = store.meta(), store.jobs()
+    except (GridError, OSError, plyvel.Error, ValueError) as e:
+        record["error"] = getattr(e, "message", None) or str(e)
+        return record
+    counts = column_counts(job.status for job in jobs.values())
+    record.update(tag=meta.get("tag"), backend=meta.get("backend"), created=meta.get("created"),
+                  jobs=len(jobs), summary=dict(zip(COLUMN_NAMES, counts)))
+    return record
+
+
+def batch_line(record: dict) -> str:
+    if record["error"]:
+        return f"{record['path']}\tunreadable: {record['error']}"
+    counts = [record["summary"][name] for name in COLUMN_NAMES]
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"])) if record["created"] else "-"
+    line = f"{record['path']}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
+    owner = record["in_use_by"]
+    return line + (f"\tin use by `grid {owner['command']}` (pid {owner['pid']})" if owner else "")
+
+
+def live_owner(state_dir: Path) -> Optional[dict]:
+    """The command holding the batch, if its process still lives (a killed one leaves its file)."""
+    try:
+        owner = json.loads((state_dir / "owner").read_text())
+        os.kill(int(owner["pid"]), 0)
+    except PermissionError:
+        return owner                              # alive, another user's
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return owner
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
@@ -1717,11 +2762,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="resume watching and downloading",
         description="Follow the batch's jobs, log every status change, download outputs of final jobs "
-        "into succeeded/ and failed/; submit jobs a stopped `submit` left. Returns when every job is "
-        "final and every output is downloaded. Ctrl-C stops; state is kept. A server outage is one "
-        "line and is waited out; an expired grid proxy pauses everything until a fresh one appears; "
-        "outputs still missing 5 days after their job ended are warned about (DIRAC deletes them "
-        "after about 7).")
+        "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
+        "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
+        "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
+        "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
+        "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
+        "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
     watch.set_defaults(func=cmd_watch)
 
@@ -1733,10 +2779,99 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
 
+    resubmit = commands.add_parser(
+        "resubmit", help="submit failed jobs again, as new DIRAC jobs",
+        description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
+        "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
+        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
+    resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
+    resubmit.add_argument("--all", action="store_true", help="every failed job")
+    resubmit.add_argument("--reason", metavar="TEXT",
+                          help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
+    add_engine_options(resubmit)
+    resubmit.set_defaults(func=cmd_resubmit)
+
+    kill = commands.add_parser(
+        "kill", help="kill jobs",
+        description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
+        "the watch records the change. Jobs not submitted yet are not submitted.")
+    kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
+    kill.add_argument("--all", action="store_true", help="every job that is not final")
+    kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    kill.set_defaults(func=cmd_kill)
+
+    reschedule = commands.add_parser(
+        "reschedule", help="run jobs again under the same DIRAC id",
+        description="DIRAC's reschedule: the jobs run again from the start with the same id (DIRAC "
+        f"limits how often). The output of the attempt before is moved to {RETRIED_DIR}/. Needs the "
+        "batch: stop `watch` first, and run `watch` after.")
+    reschedule.add_argument("jobs", nargs="+", type=job_number, metavar="JOB", help="local job numbers")
+    reschedule.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
+    reschedule.set_defaults(func=cmd_reschedule)
+
+    add_day_to_day_commands(commands)
+
     run_local = commands.add_parser("_run-local")     # the local backend's runner; not for users
     run_local.add_argument("folder")
     run_local.set_defaults(func=cmd_run_local)
     return parser
+
+
+def add_day_to_day_commands(commands: Any) -> None:
+    """failures, why, logs, export, list: read-only views of batches (logs may download one output)."""
+    failures = commands.add_parser(
+        "failures", help="failed jobs grouped by reason",
+        description="Group the batch's failed jobs (Failed, Killed, Deleted) by reason: status, minor status "
+        "and application status, which holds the exit code where DIRAC knows it. Per group: the count, the "
+        "sites, example job numbers and the command that resubmits the group. Works while `watch` runs; "
+        "does not contact the server.")
+    failures.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    failures.set_defaults(func=cmd_failures)
+
+    why = commands.add_parser(
+        "why", help="everything known about one job",
+        description="Show one job: status history with times, minor and application status, exit code, site, "
+        "attempts and DIRAC ids, output folder, the last lines of its stdout, then the backend's own "
+        "history of it (DIRAC: JobMonitoring's getJobLoggingInfo, one call to the server). Works while "
+        "`watch` runs.")
+    why.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    why.add_argument("--offline", action="store_true",
+                     help="do not contact the server: leave DIRAC's logging info out")
+    why.set_defaults(func=cmd_why)
+
+    logs = commands.add_parser(
+        "logs", help="print a job's stdout (downloading its output if needed)",
+        description="Print a job's stdout: each step's application log (Script1_<name>.log), or std.out when "
+        "there is none (on the grid std.out is the job wrapper's log). If the output is not downloaded yet, "
+        "ask the server for the job's status and download it now into the folder `watch` would use; that "
+        "needs the batch, so it is refused while `watch` or `submit` holds it (they download it themselves).")
+    logs.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    logs.add_argument("--file", metavar="NAME", help="print this file of the job's output folder instead "
+                      "(e.g. std.err, std.out)")
+    logs.set_defaults(func=cmd_logs)
+
+    export = commands.add_parser(
+        "export", help="every stored field of every job, as CSV or JSON",
+        description="Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as "
+        "'12;15', history as 'Status ISO-time; ...') and/or a JSON array (fields as stored, times in unix "
+        "seconds). Works while `watch` runs.")
+    export.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-': the terminal)")
+    export.add_argument("--json", metavar="FILE", help="write JSON to FILE ('-': the terminal)")
+    export.set_defaults(func=cmd_export)
+
+    batches = commands.add_parser(
+        "list", help="the batches under a folder, with their summary lines",
+        description="Find batch directories (with .grid/db) under FOLDER and print one line per batch: its "
+        "path, summary line, backend, creation time and tag, and the command holding it if one runs. Hidden "
+        "folders and batches' succeeded/ and failed/ are not searched. Works while `watch` runs. Exit code 4 "
+        "if a batch could not be read.")
+    batches.add_argument("folder", nargs="?", metavar="FOLDER",
+                         help="where to look (default: the -C directory, else the current one)")
+    batches.add_argument("--depth", type=positive_int, default=LIST_DEPTH, metavar="N",
+                         help="folder levels below FOLDER to search (default: %(default)s)")
+    batches.add_argument("--json", action="store_true", help="a JSON array instead of text")
+    batches.set_defaults(func=cmd_list)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -1745,12 +2880,28 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=positive_float, default=None, metavar="SECONDS",
                         help="seconds between status sweeps (default: "
                         + ", ".join(f"{k} {v:g}" for k, v in INTERVAL.items()) + ")")
+    parser.add_argument("--retries", type=non_negative_int, default=None, metavar="N",
+                        help="resubmit each failed job up to N times, except for a reason that fails "
+                        "more than half of all attempts (kept for later `watch`; default 0)")
+    parser.add_argument("--exit-when", choices=EXIT_WHEN, default="all-final",
+                        help="return when every job is final (default); as soon as one job has failed "
+                        "for good, since not all can be done (all-done); or at the first failure, "
+                        "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line and event, instead of text")
 
 
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
     return value
 
 

@@ -423,3 +423,38 @@ def test_failed_calls_in_the_threadpool_print_no_tracebacks(batch, capfd):
     engine.store.close()
     assert all(j.status == grid.DONE for j in jobs.values())
     assert "Traceback" not in capfd.readouterr().err
+
+
+class SlowThreadedBackend(ScriptedBackend):
+    """Submission calls run in the threadpool and take a while, as DIRAC's do."""
+
+    threaded = True
+
+    def submit(self, spec, tag):
+        import time
+        time.sleep(0.05)
+        return super().submit(spec, tag)
+
+
+def test_a_resubmitted_job_is_submitted_once_even_when_calls_overlap(batch):
+    backend = SlowThreadedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
+    engine = make_engine(batch, 4, backend)
+    engine.run()
+    assert engine.jobs[1].failed
+    engine = grid.Engine(engine.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
+    engine.resubmit(engine.jobs[1])                 # as `grid resubmit 1` does, before the run
+    jobs = engine.run()
+    engine.store.close()
+    assert backend.submitted.count("grid-test.1.2") == 1
+    assert jobs[1].ids == [1001, 1005] and jobs[1].attempts == 2 and jobs[1].status == grid.DONE
+
+
+def test_retries_stop_at_n_and_keep_every_attempt(batch):
+    backend = ScriptedBackend(end=lambda i: grid.FAILED)
+    engine = make_engine(batch, 1, backend, retries=2)
+    jobs = engine.run()
+    engine.store.close()
+    assert jobs[1].attempts == 3 and len(jobs[1].ids) == 3 and len(jobs[1].past) == 2
+    assert [p["output"] for p in jobs[1].past] == ["retried/00001_job-1.1", "retried/00001_job-1.2"]
+    assert all((batch / p["output"] / "std.out").is_file() for p in jobs[1].past)
+    assert jobs[1].failed and (batch / jobs[1].output / "std.out").is_file()

@@ -5,6 +5,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from grid import EXIT_JOBS_FAILED
 from helpers import EXAMPLES, grid_cmd
 
 EXAMPLE_FILES = [EXAMPLES / "hello.py", EXAMPLES / "many.py", EXAMPLES / "fail.py"]
@@ -34,7 +35,7 @@ def assert_examples_finished(batch: Path, run_grid) -> None:
 
 def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid):
     result = run_grid("submit", "--backend", "local", "--interval", "0.2", *EXAMPLE_FILES, timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr                # fail.py fails on purpose
     lines = result.stdout.splitlines()
     assert "S: 102\tR:   0\tW:   0\tM:   0\tR:   0\tD:   0\tF:   0" in lines
     assert lines[-2] == "S:   0\tR:   0\tW:   0\tM:   0\tR:   0\tD: 101\tF:   1" or \
@@ -43,7 +44,7 @@ def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid
                for line in lines)
     assert_examples_finished(batch, run_grid)
     again = run_grid("watch")                                          # nothing left to do
-    assert again.returncode == 0 and "all 102 job(s) final" in again.stdout
+    assert again.returncode == EXIT_JOBS_FAILED and "all 102 job(s) final" in again.stdout
 
 
 def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(batch, run_grid):
@@ -59,7 +60,7 @@ def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(ba
         process.send_signal(signal.SIGKILL)
         process.wait()
     result = run_grid("watch", "--interval", "0.2", timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr
     assert_examples_finished(batch, run_grid)
 
 
@@ -73,7 +74,7 @@ def test_ctrl_c_stops_cleanly_and_watch_resumes(batch, run_grid):
     assert "stopping: state is kept" in out
     assert "Traceback" not in err
     result = run_grid("watch", "--interval", "0.2", timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == EXIT_JOBS_FAILED, result.stderr
     assert_examples_finished(batch, run_grid)
 
 

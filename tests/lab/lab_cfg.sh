@@ -570,6 +570,8 @@ lab_db() {
             echo "DROP DATABASE IF EXISTS \`$d\`; CREATE DATABASE \`$d\`; GRANT ALL PRIVILEGES ON \`$d\`.* TO 'dirac'@'localhost';"
         done
         echo "FLUSH PRIVILEGES;"
+        # each lab holds about 40 connections; the default 151 runs out with a few labs side by side
+        echo "SET GLOBAL max_connections = GREATEST(@@max_connections, 1000);"
         for db in JobDB JobLoggingDB TaskQueueDB SandboxMetadataDB PilotAgentsDB; do
             sed "s/^USE $db;/USE \`${DBPREFIX}$db\`;/" "$sqldir/$db.sql"
         done

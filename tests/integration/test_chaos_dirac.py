@@ -273,7 +273,7 @@ def test_sigkill_watch_during_downloads_leaves_every_output_folder_complete_and_
                if re.match(r"\d+\.", p.name) and p.stat().st_mtime >= started]
         kills.append((value, kind, len(output_folders(batch)), len(cut)))
     result = run(dirac_lab, batch, "watch", "--interval", "1")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert result.returncode == 6, result.stdout[-3000:] + result.stderr      # not every job is Done
     print(f"\nCHAOS watch: seed {SEED}, {DOWNLOAD_JOBS} outputs of 120 KB, {len(kills)} SIGKILLs "
           f"(point, folders in place, downloads cut short): {[(k[0], k[1], k[2], k[3]) for k in kills]}")
     check_outputs(batch, files)

@@ -350,8 +350,10 @@ wan_on() {
         : > "$LAB/logs/nfq_delay.log"
         spawn nfq_delay "nfq_delay.py" "$LAB" -- "$VENV/bin/python" "$HERE/nfq_delay.py" "$DELAY_MS"
         local i
-        for i in $(seq 1 50); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
-        grep -q "^delaying" "$LAB/logs/nfq_delay.log" || die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"
+        # up to 30 s: on a loaded machine (several labs on 2 cores) its imports alone can take 5 s
+        for i in $(seq 1 300); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
+        grep -q "^delaying" "$LAB/logs/nfq_delay.log" ||
+            { stop_proc nfq_delay > /dev/null; die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"; }
     fi
     ip netns exec "$NS" iptables -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
         ip netns exec "$NS" iptables -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass

@@ -43,6 +43,31 @@ def test_tagged_jdl_is_accepted_by_diracs_own_parser():
     assert "std.out" in classad.getListFromExpression("OutputSandbox")
 
 
+def test_each_thread_makes_new_clients_when_the_proxy_file_is_renewed(monkeypatch, tmp_path):
+    proxy = tmp_path / "proxy.pem"
+    proxy.write_text("first proxy")
+    monkeypatch.setenv("X509_USER_PROXY", str(proxy))
+    made = []
+
+    class Clients(grid.DiracClients):
+        def __init__(self, credentials, reuse_clients):
+            self.credentials, self.born = credentials, 0.0
+            made.append(credentials)
+
+    monkeypatch.setattr(grid, "DiracClients", Clients)
+    monkeypatch.setattr(grid.time, "monotonic", lambda: 10.0)
+    backend = grid.DiracBackend()
+    first = backend._clients()
+    assert backend._clients() is first                            # kept between calls
+    renewed = tmp_path / "new.pem"
+    renewed.write_text("second proxy, renewed")
+    renewed.replace(proxy)                                        # as dirac-proxy-init does
+    assert backend._clients() is not first and len(made) == 2
+    monkeypatch.setattr(grid.time, "monotonic", lambda: 10.0 + grid.CLIENTS_MAX_AGE + 1)
+    backend._clients()
+    assert len(made) == 3                                         # and after CLIENTS_MAX_AGE
+
+
 # What DIRAC 9 returns when a service is down (captured from the lab with its services stopped).
 REFUSED = {"OK": False, "Errno": 0, "Message": "('127.0.0.1', 9130) [Errno 111] Connection refused:"
            "ConnectionRefusedError(111, 'Connection refused')"}

@@ -458,3 +458,15 @@ def test_retries_stop_at_n_and_keep_every_attempt(batch):
     assert [p["output"] for p in jobs[1].past] == ["retried/00001_job-1.1", "retried/00001_job-1.2"]
     assert all((batch / p["output"] / "std.out").is_file() for p in jobs[1].past)
     assert jobs[1].failed and (batch / jobs[1].output / "std.out").is_file()
+
+
+def test_live_footer_figures_follow_the_jobs_through_failures_retries_and_downloads(batch):
+    backend = ScriptedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
+    engine = make_engine(batch, 4, backend, retries=1)
+    jobs = engine.run()
+    engine.store.close()
+    shown = engine.progress()
+    assert shown.total == 4 and shown.final == sum(grid.is_final(j.status) for j in jobs.values()) == 4
+    assert shown.failed == sum(j.failed for j in jobs.values())
+    assert shown.submitted == 4 and shown.downloaded == sum(bool(j.output) for j in jobs.values()) == 4
+    assert shown.counts == grid.column_counts(j.status for j in jobs.values())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, ROOT
+from helpers import ROOT
 
 HOLD = """
 import sys, time
@@ -121,14 +121,3 @@ def test_a_damaged_database_is_an_error_with_the_repair_command(batch, run_grid)
     assert "the batch database is damaged: Corruption" in result.stderr
     assert "plyvel.repair_db(" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_a_submit_killed_before_it_stored_its_jobs_leaves_no_batch(run_grid, batch):
-    grid.Store.open(batch, "submit", create=True).close()        # the database, and nothing in it yet
-    result = run_grid("watch")
-    assert result.returncode == 4
-    assert "was stopped before it stored the jobs" in result.stderr and "Traceback" not in result.stderr
-    assert run_grid("status").returncode == 0
-    result = run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py")
-    assert result.returncode == 0, result.stderr
-    assert "1 of 1 job(s) submitted" in result.stdout

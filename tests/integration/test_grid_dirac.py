@@ -139,3 +139,36 @@ def test_dirac_calls_issued_by_the_tool_really_overlap(dirac_lab, tmp_path):
     assert int(peak) >= 4                       # several submissions in flight at the same moment
     assert float(elapsed) < float(serial) / 2   # and the batch took well under the sum of its calls
     assert float(max_gap) < 0.5                 # the gevent loop kept ticking meanwhile
+
+
+def test_bulk_submission_makes_one_tracked_job_per_local_job(dirac_lab, tmp_path):
+    """submit --bulk: parametric bundles on the real server; each job recorded, run and downloaded on its own."""
+    dirac_lab.jobagent(False)
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    write(batch / "data.txt", "shared input\n")
+    write(batch / "show.sh", "#!/bin/sh\necho hello $1\ncat data.txt\n")
+    write(batch / "jobs.py", "for i in range(30):\n    j = Job()\n    j.setName(f'bulk-{i}')\n"
+          "    j.setExecutable('show.sh', arguments=str(i))\n"
+          "    j.setInputSandbox(['data.txt'])\n    submit(j)\n")
+    result = grid(dirac_lab, batch, "submit", "--bulk", "--no-watch", "jobs.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bulk: 30 job(s) in 1 bundle(s)" in result.stdout
+    data = status(dirac_lab, batch)
+    ids = [job["id"] for job in data["jobs"]]
+    assert None not in ids and len(set(ids)) == 30
+    assert set(server_statuses(dirac_lab, ids).values()) <= {"Received", "Checking", "Waiting"}
+    # Most jobs are driven to Done; the JobAgent really runs the last three, each its own workflow.
+    dirac_lab.drive(ids[:27], status="Done")
+    dirac_lab.jobagent(True)
+    result = grid(dirac_lab, batch, "watch", "--interval", "1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    data = status(dirac_lab, batch)
+    assert data["summary"]["Done"] == 30
+    outputs = [batch / job["output"] for job in data["jobs"]]
+    assert len(set(outputs)) == 30 and all(folder.is_dir() for folder in outputs)
+    for job in data["jobs"][:27:9]:
+        assert str(job["id"]) in (batch / job["output"] / "std.out").read_text()
+    for i, job in list(enumerate(data["jobs"]))[27:]:
+        log = (batch / job["output"] / "Script1_show.sh.log").read_text()
+        assert f"hello {i}\n" in log and "shared input" in log

@@ -1280,7 +1280,8 @@ class DiracBackend(Backend):
 
     def kill(self, ids: list[int]) -> None:
         self._require_proxy()
-        self._value(self._clients().wms.killJob(list(ids)), "kill")
+        # positional only: a reused DISET client sends no keyword arguments (WMSClient.killJob would)
+        self._value(self._clients().job_manager.killJob(list(ids)), "kill")
 
     def reschedule(self, ids: list[int]) -> None:
         self._require_proxy()

@@ -145,6 +145,18 @@ JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>
 CLIENTS_MAX_AGE = 600.0              # seconds a thread reuses its DIRAC clients and SSL context
 BUNDLE_LIMIT_FALLBACK = 20           # jobs per parametric job when the server's limit cannot be read
                                      # (DIRAC's own default for JobManager/MaxParametricJobs)
+# Proxy: submitting starts only if the proxy outlasts the estimate below; watching pauses while it is
+# expired. The estimate is deliberately pessimistic (measured: about 0.8 s per job and call slot at a
+# 50 ms round trip; a busy server is several times slower).
+SUBMIT_SECONDS_PER_JOB = 3.0         # per job and submission slot
+PROXY_SUBMIT_MARGIN = 600.0          # seconds to spare on top of the estimate
+PROXY_WARN_LEFT = 3600.0             # warn once when less than this is left while jobs are active
+PROXY_MIN_LEFT = 10.0                # below this the proxy counts as expired: calls pause
+PROXY_POLL = 5.0                     # seconds between looks at the proxy (a local file, no server call)
+# DIRAC's JobCleaningAgent deletes final jobs, sandboxes included, this long after their last update
+# (RemoveStatusDelay, 7 days by default); outputs still missing this long after the end are warned about.
+CLEANED_AFTER = {"dirac": 7 * 86400.0}
+CLEANING_WARN_AFTER = 5 * 86400.0
 EXIT_WHEN = ("all-final", "all-done", "first-failure")   # when `watch` returns
 SYSTEMATIC_SHARE = 0.5               # a reason failing more than this share of all attempts ...
 SYSTEMATIC_MIN = 5                   # ... at least this often is not retried automatically
@@ -212,6 +224,13 @@ class BundleTooLarge(CallFailed):
     def __init__(self, message: str, limit: int) -> None:
         super().__init__(message)
         self.limit = limit
+class ServerUnreachable(CallFailed):
+    """The server did not answer at all (refused, timed out): an outage, not the job's fault, so it
+    costs the job none of its tries."""
+
+
+class ProxyExpired(CallFailed):
+    """The grid proxy has expired or is gone: every call waits until a fresh one appears."""
 
 
 # ==================================================================================================
@@ -296,10 +315,11 @@ class Job:
     download_tries: int = 0
     intent: str = ""                                 # tag of a submission that may have reached the server
     past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
+    ended: float = 0.0                               # when it became final, by the server's clock if known
 
     # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent", "past")
+              "history", "output", "error", "download_tries", "intent", "past", "ended")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -338,6 +358,11 @@ class Job:
         return (self.submitted and is_final(self.status) and not self.output
                 and self.download_tries < DOWNLOAD_ATTEMPTS)
 
+    @property
+    def ended_at(self) -> float:
+        """When the job ended; for a job recorded before `ended` existed, when we saw it end."""
+        return self.ended or (self.history[-1][1] if self.history else 0.0)
+
     def folder_name(self) -> str:
         """One folder per job, named by local number (unique) and a filesystem-safe job name."""
         slug = re.sub(r"[^\w.-]+", "_", self.name).strip("._")[:48]
@@ -375,6 +400,29 @@ class JobState:
     minor: str = ""
     app: str = ""
     site: Optional[str] = ""          # None: not asked this time, the site the job had still holds
+    ended: float = 0.0          # for a final job: its last update on the server (unix time), if known
+
+
+def outputs_at_risk(jobs: Iterable[Job], backend: str, now: float) -> tuple[int, float]:
+    """Final jobs whose output is still missing and which the server deletes soon.
+
+    Returns how many, and the seconds left before the first of them goes (0: may be gone already).
+    """
+    cleaned_after = CLEANED_AFTER.get(backend)
+    if not cleaned_after:
+        return 0, 0.0
+    ages = [now - job.ended_at for job in jobs
+            if job.submitted and is_final(job.status) and not job.output]
+    risky = [age for age in ages if age > CLEANING_WARN_AFTER]
+    return len(risky), max(0.0, cleaned_after - max(risky, default=0.0))
+
+
+def cleaning_warning(count: int, left: float, backend: str,
+                     fix: str = "fetch them now with `grid watch`") -> str:
+    days = CLEANED_AFTER[backend] / 86400
+    when = f"the first in {left / 86400:.1f} day(s)" if left > 0 else "the first may be gone already"
+    return (f"outputs of {count} job(s) not downloaded yet: DIRAC deletes them about {days:g} days after "
+            f"the job ends, {when}; {fix}")
 
 
 @dataclass(slots=True)
@@ -445,6 +493,9 @@ class Store:
         state_dir = batch_dir / STATE_DIR
         path = state_dir / "db"
         if not create and not path.is_dir():
+            if list(state_dir.glob(f"{NEW_DB_PREFIX}*")):
+                raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                                 "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
             raise BatchError(f"no batch in {batch_dir}",
                              "run `grid submit JOBFILE` here first, or cd to a batch directory")
         try:
@@ -467,6 +518,10 @@ class Store:
             raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
                              f"repair it with: python -c \"import plyvel; "
                              f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
+        if not create and db.get(b"meta") is None:
+            db.close()                   # a `submit` killed before it stored the jobs: nothing was sent
+            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                             "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
         store = cls(db, state_dir, owned=True, path=path)
@@ -828,6 +883,10 @@ class Backend:
     def connect(self) -> None:
         """Check that the backend can be used at all; raise BackendError with the fix if not."""
 
+    def proxy_seconds_left(self) -> Optional[float]:
+        """Seconds the grid proxy is still valid (0: expired or missing); None: no proxy needed."""
+        return None
+
     def submit(self, spec: JobSpec, tag: str) -> int:
         raise NotImplementedError
 
@@ -866,6 +925,11 @@ class Backend:
         raise NotImplementedError
 
 
+# How DIRAC says that a server did not answer at all (DISET retries the connection first).
+UNREACHABLE_PATTERN = re.compile(
+    r"Errno (32|101|104|110|111|113)\b|Connection (refused|reset|timed out)|timed out|No route to host|"
+    r"Peer closed connection|Broken pipe|Name or service not known|Temporary failure in name resolution|"
+    r"Can't connect", re.IGNORECASE)
 TAG_PATTERN = re.compile(JOB_TAG_ATTRIBUTE + r'\s*=\s*"([^"]+)"')
 GROUP_PATTERN = re.compile(r'^\s*JobGroup\s*=\s*"?([^";]+)"?\s*;', re.MULTILINE)
 
@@ -1051,7 +1115,11 @@ class DiracBackend(Backend):
         try:
             DIRAC.initialize()
         except Exception as e:             # DIRACInitError and friends
-            raise BackendError(f"DIRAC is not configured: {e}",
+            reason = dirac_message(e)
+            if UNREACHABLE_PATTERN.search(reason):
+                raise BackendError(f"cannot reach DIRAC's configuration server: {reason}",
+                                   "check the network and try again later; nothing is lost") from None
+            raise BackendError(f"DIRAC is not configured: {reason}",
                                "run `dirac-configure`, or source your experiment's DIRAC "
                                "environment (e.g. `lb-dirac`)") from None
         self.reuse_clients = all(map(speaks_dips, (JOB_MANAGER, JOB_MONITORING, SANDBOX_STORE)))
@@ -1063,15 +1131,33 @@ class DiracBackend(Backend):
             clients = self.local.clients = DiracClients(credentials, self.reuse_clients)
         return clients
 
+    def proxy_seconds_left(self) -> float:
+        from DIRAC.Core.Security.ProxyInfo import getProxyInfo
+        proxy = getProxyInfo(disableVOMS=True)          # reads the local file: about a millisecond
+        return float(proxy["Value"].get("secondsLeft", 0)) if proxy["OK"] else 0.0
+
+    def _require_proxy(self) -> None:
+        """Fail before calling DIRAC when the proxy has expired: DIRAC would log an error per call."""
+        if self.proxy_seconds_left() <= PROXY_MIN_LEFT:
+            raise ProxyExpired("the grid proxy has expired")
+
     def _value(self, result: dict, what: str) -> Any:
-        if not result.get("OK"):
-            self.local.clients = None        # the next call starts from new clients, as DIRAC's own would
-            raise CallFailed(f"{what}: {result.get('Message', 'unknown error')}")
-        return result["Value"]
+        """The value of DIRAC's S_OK, or the failure as CallFailed, ServerUnreachable or ProxyExpired;
+        after a failure the thread starts from new clients, as DIRAC's own calls would."""
+        if result.get("OK"):
+            return result["Value"]
+        self.local.clients = None
+        message = f"{what}: {first_line(result.get('Message', 'unknown error'))}"
+        if self.proxy_seconds_left() <= PROXY_MIN_LEFT:
+            raise ProxyExpired(message)
+        if UNREACHABLE_PATTERN.search(message):
+            raise ServerUnreachable(message)
+        raise CallFailed(message)
 
     def submit(self, spec: JobSpec, tag: str) -> int:
         # What Dirac().submitJob does with a Job object, from the stored description instead,
         # so that a job can be (re)submitted after a restart.
+        self._require_proxy()
         result = self._clients().wms.submitJob(tagged_jdl(spec.jdl, tag), io.StringIO(spec.xml))
         value = self._value(result, "submission")
         return int(value[0] if isinstance(value, list) else value)
@@ -1079,7 +1165,10 @@ class DiracBackend(Backend):
     def status(self, ids: list[int]) -> dict[int, JobState]:
         """One getJobsStates call: the three statuses of every job (getJobsSummary would send all
         thirty attributes, five times the bytes). A job's site changes only with its status, so
-        getJobsSites asks only about the jobs whose status just changed to Matched or beyond."""
+        getJobsSites asks only about the jobs whose status just changed to Matched or beyond; a job
+        that just ended gets its whole record once instead, for the time it ended (the cleaning
+        deadline counts from it)."""
+        self._require_proxy()
         monitoring = self._clients().monitoring
         answer = self._value(monitoring.getJobsStates(list(ids)), "status query")
         states, moved = {}, []
@@ -1093,11 +1182,18 @@ class DiracBackend(Backend):
             if states[job_id].status not in NO_NEW_SITE and \
                     states[job_id].status != getattr(self.reported.get(job_id), "status", None):
                 moved.append(job_id)
-        sites = self._value(monitoring.getJobsSites(moved), "site query") if moved else {}
+        ended = [job_id for job_id in moved if is_final(states[job_id].status)]
+        running = [job_id for job_id in moved if not is_final(states[job_id].status)]
+        details = self._value(monitoring.getJobsSites(running), "site query") if running else {}
+        if ended:
+            details.update(self._value(monitoring.getJobsSummary(ended), "status query"))
         moved_set = set(moved)
         for job_id, state in states.items():
             if job_id in moved_set:
-                state.site = (sites.get(job_id) or sites.get(str(job_id)) or {}).get("Site", "")
+                attrs = details.get(job_id) or details.get(str(job_id)) or {}
+                state.site = attrs.get("Site", "")
+                if is_final(state.status):
+                    state.ended = utc_timestamp(attrs.get("LastUpdateTime"))
             else:
                 state.site = self.reported[job_id].site if job_id in self.reported else None
             if is_final(state.status):
@@ -1108,6 +1204,7 @@ class DiracBackend(Backend):
 
     def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
         # The batch's jobs share a JobGroup; only jobs we do not know yet need their JDL read.
+        self._require_proxy()
         clients, wanted, found = self._clients(), set(tags), {}
         for group in groups:
             for job_id in map(int, self._value(clients.monitoring.getJobs({"JobGroup": group}), "job search")):
@@ -1167,26 +1264,29 @@ class DiracBackend(Backend):
 
     def fetch_output(self, job_id: int, dest: Path) -> None:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
+        self._require_proxy()
         client = self._clients().sandbox
-        with tempfile.TemporaryDirectory(prefix="grid-sandbox-", dir=dest.parent) as tmp:
+        tmp = tempfile.mkdtemp(prefix="grid-sandbox-", dir=dest.parent)
+        try:
             result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
-            if not result["OK"]:
-                if "No Output sandbox" in result.get("Message", ""):
-                    return                     # the job registered no output: an empty folder says so
-                self.local.clients = None
-                raise CallFailed(f"output download: {result['Message']}")
-            for archive in result["Value"]:
+            if not result["OK"] and "No Output sandbox" in result.get("Message", ""):
+                return                         # the job registered no output: an empty folder says so
+            for archive in self._value(result, "output download"):
                 with ZstdCompatibleTarFile(archive, mode="r") as tar:
                     safe_extract(tar, dest)
+        finally:
+            remove_tree(Path(tmp))
 
     def kill(self, ids: list[int]) -> None:
-        from DIRAC.Interfaces.API.Dirac import Dirac
-        self._value(Dirac().killJob(list(ids)), "kill")
+        self._require_proxy()
+        self._value(self._clients().wms.killJob(list(ids)), "kill")
 
     def reschedule(self, ids: list[int]) -> None:
+        self._require_proxy()
         self._value(self._clients().wms.rescheduleJob(list(ids)), "reschedule")
 
     def logging_info(self, job_id: int) -> list[LoggingRecord]:
+        self._require_proxy()
         rows = self._value(self._clients().monitoring.getJobLoggingInfo(int(job_id)), "logging info")
         return [LoggingRecord(str(status), str(minor), str(app), dirac_time(str(when)), str(source))
                 for status, minor, app, when, source in rows]
@@ -1199,6 +1299,27 @@ def dirac_time(text: str) -> float:
     except ValueError:
         return 0.0
     return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def dirac_message(error: Exception) -> str:
+    """The first line of the reason inside a DIRAC exception (often an S_ERROR dict in its args)."""
+    value = error.args[0] if error.args else error
+    text = value.get("Message", str(value)) if isinstance(value, dict) else str(value)
+    return first_line(re.sub(r"^Reason\(s\):\s*", "", text.strip()))
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0].strip()
+
+
+def utc_timestamp(value: Any) -> float:
+    """Unix time of a DIRAC time stamp (a naive UTC datetime, or its text); 0 if there is none."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.datetime.fromisoformat(value)
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return 0.0
 
 
 class LocalBackend(Backend):
@@ -1277,7 +1398,7 @@ class LocalBackend(Backend):
                 states[job_id] = JobState(DELETED, "Unknown to the local backend")
                 continue
             states[job_id] = JobState(state["status"], state.get("minor", ""), state.get("app", ""),
-                                      state.get("site", ""))
+                                      state.get("site", ""), state.get("ended", 0.0))
             if state["status"] in (MATCHED, RUNNING):
                 self.running.add(job_id)
             else:
@@ -1532,12 +1653,31 @@ def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
         final.parent.mkdir(exist_ok=True)
         os.rename(tmp, final)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
     return relative
 
 
 def clean_partial_downloads(batch_dir: Path) -> None:
-    shutil.rmtree(batch_dir / STATE_DIR / "tmp", ignore_errors=True)
+    remove_tree(batch_dir / STATE_DIR / "tmp")
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
+    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
+    Whatever cannot be removed stays for the next run's clean-up."""
+    with contextlib.suppress(OSError):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                entry = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.path.islink(entry):
+                        os.unlink(entry)
+                    else:
+                        os.rmdir(entry)
+        os.rmdir(path)
 
 
 # ==================================================================================================
@@ -1545,9 +1685,11 @@ def clean_partial_downloads(batch_dir: Path) -> None:
 # ==================================================================================================
 # One engine per command. It owns every greenlet and pool: a submitter (bounded pool), a monitor
 # (one bulk status sweep every interval, only for jobs that are not final) and a downloader
-# (bounded pool). Blocking backend calls run in gevent's threadpool, so they overlap and the loop
-# stays responsive. What every event needs (the summary counts, how many jobs are still open, the
-# job of a DIRAC id) is kept up to date as jobs change, never recounted: a batch may hold 100,000 jobs.
+# (bounded pool), and a proxy watcher. Blocking backend calls run in gevent's threadpool, so they
+# overlap and the loop stays responsive. Every call goes through Engine.call, the one place that
+# waits while the proxy is expired and announces outages, so each shows as one line, not one per job.
+# What every event needs (the summary counts, how many jobs are still open, the job of a DIRAC id)
+# is kept up to date as jobs change, never recounted: a batch may hold 100,000 jobs.
 
 class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
@@ -1564,6 +1706,8 @@ class Engine:
         self.by_id = {job.dirac_id: job for job in self.jobs.values() if job.dirac_id}
         self.column_totals = column_counts(job.status for job in self.jobs.values())
         self.jobs_in_progress = sum(1 for job in self.jobs.values() if job.in_progress)
+        self.jobs_final = sum(1 for job in self.jobs.values() if is_final(job.status))
+        self.jobs_downloaded = sum(1 for job in self.jobs.values() if job.output)
         self.threadpool = gevent.get_hub().threadpool
         self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
         self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
@@ -1574,19 +1718,101 @@ class Engine:
         self.stopping = gevent.event.Event()
         self.finished = gevent.event.Event()
         self.outage_since: Optional[float] = None
+        self.unreachable: set[str] = set()        # kinds of call whose last try found no server
+        self.proxy_ok = gevent.event.Event()      # cleared while the proxy is expired: calls wait
+        self.proxy_ok.set()
+        self.proxy_warned = False
+        self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
         self.interrupted = False
         self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
         self.crash: Optional[BaseException] = None
         self.attempt_stats = AttemptStats(self.jobs.values())
         self.not_retried: set[str] = set()           # reasons already reported as failing everywhere
-        self.final_times: list[float] = []           # when jobs became final in this run: the rate
+        self.final_times: collections.deque = collections.deque()   # the last RATE_WINDOW's final jobs
+        self.proxy_left_at: Optional[tuple[float, float]] = None    # (seconds left, when we looked)
 
     # -- calls into the backend -------------------------------------------------------------------
 
     def call(self, fn: Callable, *args: Any) -> Any:
-        if self.backend.threaded:
-            return self.threadpool.spawn(fn, *args).get()
-        return fn(*args)
+        """One backend call. It waits while the proxy is expired; an expired proxy or an outage it
+        meets is announced once, whichever greenlet made the call."""
+        self.wait_for_proxy()
+        try:
+            result = self.blocking(fn, *args)
+        except ProxyExpired:
+            self.proxy_expired()
+            raise
+        except ServerUnreachable as e:
+            self.server_trouble(str(e), getattr(fn, "__name__", "call"))
+            raise
+        self.server_back(getattr(fn, "__name__", "call"))
+        return result
+
+    def blocking(self, fn: Callable, *args: Any) -> Any:
+        if not self.backend.threaded:
+            return fn(*args)
+        ok, value = self.threadpool.spawn(outcome, fn, *args).get()
+        if not ok:
+            raise value
+        return value
+
+    def server_trouble(self, message: str, kind: str) -> None:
+        """An outage starts: one line, however many calls of however many kinds then fail."""
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
+        self.unreachable.add(kind)
+
+    def server_back(self, kind: str) -> None:
+        """It ends when every kind of call that failed works again: a partial outage (the sandbox
+        store down, job monitoring up) stays one outage instead of flickering."""
+        if kind in self.unreachable:
+            self.unreachable.discard(kind)
+            if not self.unreachable:
+                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
+                self.outage_since = None
+
+    # -- the proxy --------------------------------------------------------------------------------
+
+    def watch_proxy(self) -> None:
+        """Look at the proxy every few seconds (a local file): pause every call while it is expired,
+        resume once a fresh one appears, and warn once before it expires while jobs are active."""
+        while not self.stopping.is_set():
+            left = self.blocking(self.backend.proxy_seconds_left)
+            if left is None:
+                return                               # this backend needs no proxy
+            self.proxy_left_at = (left, time.monotonic())
+            if left <= PROXY_MIN_LEFT:
+                self.proxy_expired()
+            else:
+                self.proxy_renewed(left)
+                self.proxy_running_out(left)
+            self.stopping.wait(PROXY_POLL)
+
+    def wait_for_proxy(self) -> None:
+        if not self.proxy_ok.is_set():
+            gevent.wait([self.proxy_ok, self.stopping], count=1)
+            if not self.proxy_ok.is_set():
+                raise ProxyExpired("stopped while waiting for a fresh grid proxy")
+
+    def proxy_expired(self) -> None:
+        if self.proxy_ok.is_set():
+            self.proxy_ok.clear()
+            self.display.message(f"grid proxy expired: paused, nothing is lost; renew it with "
+                                 f"{renew_command()} and this resumes by itself")
+
+    def proxy_renewed(self, left: float) -> None:
+        if not self.proxy_ok.is_set():
+            self.proxy_ok.set()
+            self.display.message(f"grid proxy renewed ({duration(left)} left): resuming")
+
+    def proxy_running_out(self, left: float) -> None:
+        if left >= PROXY_WARN_LEFT:
+            self.proxy_warned = False
+        elif not self.proxy_warned and (self.pending_submissions() or self.active_jobs()):
+            self.proxy_warned = True
+            self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
+                                 f"renew it with {renew_command()}, or watching pauses then")
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -1596,13 +1822,16 @@ class Engine:
         clean_partial_downloads(self.batch_dir)
         self.display.start(self)
         for job in self.jobs.values():
+            if job.submitted and is_final(job.status) and not job.output:
+                job.download_tries = 0           # every run tries each missing output again
             if not job.submitted and job.status == SUBMITTING:
                 self.queue_submission(job)
             elif job.needs_download:
                 self.downloads.put(job.num)
             elif watch and job.failed:
                 self.settle(job)                 # failed before the last run ended: retry or exit now
-        workers = [gevent.spawn(self.submit_all, watch)]
+        self.warn_cleaning()
+        workers = [gevent.spawn(self.submit_all, watch), gevent.spawn(self.watch_proxy)]
         if watch:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
         for worker in workers:
@@ -1650,27 +1879,43 @@ class Engine:
         if not (self.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
             self.finished.set()
 
+    def pending_submissions(self) -> int:
+        return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
+
+    def active_jobs(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.submitted and not is_final(j.status))
+
+    def warn_cleaning(self) -> None:
+        """One loud line whenever the number of outputs the server is about to delete changes."""
+        count, left = outputs_at_risk(self.jobs.values(), self.backend.name, time.time())
+        if count and count != self.at_risk_warned:
+            self.display.message("WARNING: " + cleaning_warning(count, left, self.backend.name,
+                                                                "this `grid watch` is fetching them"))
+        self.at_risk_warned = count
+
     def counts(self) -> list[int]:
         return list(self.column_totals)
 
     def progress(self) -> "Progress":
-        """What the live footer shows; cheap enough to compute twice a second."""
+        """What the live footer shows, twice a second: from the counters, never a scan of the jobs."""
         now = time.time()
-        recent = [t for t in self.final_times if t > now - RATE_WINDOW]
-        span = now - recent[0] if recent else 0.0
-        rate = len(recent) / span if len(recent) > 1 and span > 1 else 0.0
-        jobs = self.jobs.values()
-        return Progress(counts=self.counts(), total=len(self.jobs),
-                        final=sum(1 for j in jobs if is_final(j.status)),
-                        failed=sum(1 for j in jobs if j.failed),
-                        submitted=sum(1 for j in jobs if j.submitted),
-                        downloaded=sum(1 for j in jobs if j.output), rate=rate,
-                        server=self.server_state())
+        while self.final_times and self.final_times[0] < now - RATE_WINDOW:
+            self.final_times.popleft()
+        span = now - self.final_times[0] if self.final_times else 0.0
+        rate = len(self.final_times) / span if len(self.final_times) > 1 and span > 1 else 0.0
+        return Progress(counts=self.counts(), total=len(self.jobs), final=self.jobs_final,
+                        failed=self.column_totals[-1], submitted=len(self.by_id),
+                        downloaded=self.jobs_downloaded, rate=rate, server=self.server_state())
 
     def server_state(self) -> str:
+        if not self.proxy_ok.is_set():
+            return "paused: grid proxy expired"
         if self.outage_since is not None:
             return f"server unreachable since {clock(self.outage_since)}"
-        return "server ok"
+        if self.proxy_left_at is None:
+            return "server ok"
+        left, seen = self.proxy_left_at
+        return f"server ok, proxy {duration(max(0.0, left - (time.monotonic() - seen)))} left"
 
     # -- submitting -------------------------------------------------------------------------------
 
@@ -1752,9 +1997,11 @@ class Engine:
             try:
                 found = self.find(list(in_doubt.values()))
                 break
+            except ProxyExpired:
+                continue                             # the next call waits for a fresh proxy
             except CallFailed as e:
                 failures += 1
-                self.server_trouble(str(e))
+                self.server_trouble(str(e), "find")
                 self.stopping.wait(backoff(failures, self.interval))
         else:
             return
@@ -1770,11 +2017,13 @@ class Engine:
         return self.call(self.backend.find, [job.intent for job in jobs], groups, known)
 
     def submit_one(self, job: Job) -> None:
+        """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
         try:
             if job.submitted:                    # found by reconcile() while it waited in the queue
                 return
             spec = self.store.spec(job.num)
-            for attempt in range(SUBMIT_ATTEMPTS):
+            errors = outages = 0
+            while not self.stopping.is_set():
                 tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
                 try:
                     if job.intent == tag:        # an earlier try may have reached the server
@@ -1785,16 +2034,24 @@ class Engine:
                     job.intent = tag             # on disk before the call: a crash leaves a trace
                     self.store.save(job, sync=True)
                     job_id = self.call(self.backend.submit, spec, tag)
+                except ProxyExpired:
+                    continue                     # the next call waits for a fresh proxy
+                except ServerUnreachable:
+                    outages += 1                 # announced once by call(); not this job's fault
+                    self.stopping.wait(backoff(outages))
+                    continue
                 except CallFailed as e:
+                    errors += 1
                     job.error = str(e)
-                    self.display.message(f"#{job.num} {job.name}: {e} (try {attempt + 1}/{SUBMIT_ATTEMPTS})")
-                    if self.stopping.wait(backoff(attempt)):
+                    self.display.message(f"#{job.num} {job.name}: {e} (try {errors}/{SUBMIT_ATTEMPTS})")
+                    if errors >= SUBMIT_ATTEMPTS:
+                        self.transition(job, JobState(FAILED, "Submission failed", job.error))
+                        self.settle(job)
                         return
+                    self.stopping.wait(backoff(errors))
                     continue
                 self.record_submission(job, job_id)
                 return
-            self.transition(job, JobState(FAILED, "Submission failed", job.error))
-            self.settle(job)
         finally:
             self.submitting -= 1
             self.queued.discard(job.num)
@@ -1891,6 +2148,7 @@ class Engine:
         job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
                          "site": job.site, "reason": failure_reason(job) if job.failed else "",
                          "ended": ended, "output": kept})
+        self.jobs_downloaded -= bool(job.output)
         job.output, job.error, job.download_tries = "", "", 0
 
     def resubmit(self, job: Job) -> None:
@@ -1936,14 +2194,15 @@ class Engine:
         while not self.stopping.is_set():
             try:
                 self.sweep()
+            except ProxyExpired:
+                continue                         # the next call waits for a fresh proxy
             except CallFailed as e:
                 failures += 1
-                self.server_trouble(str(e))
+                self.server_trouble(str(e), "status")   # an error reply too: status is all we need here
                 self.stopping.wait(backoff(failures, self.interval))
                 continue
-            if failures:
-                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
-                failures, self.outage_since = 0, None
+            failures = 0
+            self.warn_cleaning()
             self.check_finished()
             self.stopping.wait(self.interval)
 
@@ -1954,11 +2213,6 @@ class Engine:
         active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
         for chunk in chunks(active, BULK_STATUS_MAX):
             self.apply(self.call(self.backend.status, chunk))
-
-    def server_trouble(self, message: str) -> None:
-        if self.outage_since is None:
-            self.outage_since = time.time()
-            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
 
     def apply(self, states: dict[int, JobState]) -> None:
         changed = []
@@ -1983,7 +2237,10 @@ class Engine:
             self.column_totals[column_of(old_status)] -= 1
             self.column_totals[column_of(job.status)] += 1
             self.jobs_in_progress += job.in_progress - was_in_progress
+            self.jobs_final += is_final(job.status) - is_final(old_status)
             job.history.append([state.status, round(time.time(), 3)])
+            if is_final(job.status):
+                job.ended = state.ended or time.time()
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
             if is_final(job.status) and not is_final(old_status):
@@ -2009,12 +2266,21 @@ class Engine:
         pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
 
     def download_one(self, job: Job) -> None:
+        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
+        outages = 0
         try:
             while job.needs_download and not self.stopping.is_set():
                 try:
                     job.output = self.call(download_output, self.backend, job, self.batch_dir)
+                    self.jobs_downloaded += 1
                     job.error = ""
                     self.display.downloaded(job)
+                except ProxyExpired:
+                    continue                     # the next call waits for a fresh proxy
+                except ServerUnreachable:
+                    outages += 1                 # announced once by call()
+                    self.stopping.wait(backoff(outages))
+                    continue
                 except (CallFailed, OSError, tarfile.TarError) as e:
                     job.download_tries += 1
                     job.error = f"output download failed: {e}"
@@ -2078,6 +2344,44 @@ def move_into_place(source: Path, dest: Path) -> None:
     if source.exists() and not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, dest)
+
+
+def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
+    exception a task raises, and a failed call is an everyday event here, not a bug."""
+    try:
+        return True, fn(*args)
+    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
+        return False, e
+
+
+def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:
+    """Refuse to start submitting when the proxy may expire before the last job is sent."""
+    left = backend.proxy_seconds_left() if pending else None
+    if left is None:
+        return
+    slots = max(1, min(parallel, pending))
+    needed = pending * SUBMIT_SECONDS_PER_JOB / slots + PROXY_SUBMIT_MARGIN
+    if left < needed:
+        hours = max(24, int(needed // 3600) + 2)
+        raise BackendError(
+            f"the grid proxy has {duration(left)} left, and submitting {pending} job(s) may take up to "
+            f"{duration(needed)} ({pending} x {SUBMIT_SECONDS_PER_JOB:g} s / {slots} at once, "
+            f"+ {PROXY_SUBMIT_MARGIN / 60:g} min to spare); nothing was submitted",
+            f"renew it first: {renew_command(hours)}")
+
+
+def renew_command(hours: int = 24) -> str:
+    return f"`dirac-proxy-init -v {hours}:00` (LHCb: `lhcb-proxy-init -v {hours}:00`)"
+
+
+def duration(seconds: float) -> str:
+    """'2 h 05 min', '9 min', '40 s': how long, for a person."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
 
 
 def backoff(attempt: int, base: float = 1.0) -> float:
@@ -2232,12 +2536,12 @@ def render_footer(p: Progress, width: int, color: bool) -> str:
     else:
         bar = "#" * done_cells + "x" * failed_cells + "-" * (size - done_cells - failed_cells)
     eta = p.eta()
-    trouble = p.server != "server ok"
+    trouble = not p.server.startswith("server ok")
     parts = {"counts": " ".join(f"{letter}: {n}" for (letter, _), n in zip(COLUMNS, p.counts)),
              "trouble": p.server if trouble else "", "bar": f"[{bar}] {p.final}/{p.total} final",
              "submitted": f"{p.submitted} submitted", "downloaded": f"{p.downloaded} downloaded",
              "rate": f"{p.rate * 60:.1f}/min" if p.rate else "rate -",
-             "eta": f"ETA {format_duration(eta)}" if eta is not None else "ETA -",
+             "eta": f"ETA {duration(eta)}" if eta is not None else "ETA -",
              "ok": "" if trouble else p.server}
     shown = ["counts"]
     for name in ("trouble", "bar", "submitted", "downloaded", "rate", "eta", "ok"):   # by importance
@@ -2250,12 +2554,6 @@ def render_footer(p: Progress, width: int, color: bool) -> str:
 
 def visible_length(text: str) -> int:
     return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def make_display(json_lines: bool = False, out: Any = None) -> Display:
@@ -2281,7 +2579,7 @@ def new_batch_tag(batch_dir: Path) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
-    if (batch_dir / STATE_DIR / "db").is_dir() and not args.dry_run:
+    if not args.dry_run and holds_batch(batch_dir):
         raise BatchError(f"{batch_dir} already holds a batch",
                          "resume it with `grid watch`, or submit from a new directory")
     tag = new_batch_tag(batch_dir)
@@ -2293,6 +2591,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ensure_writable(batch_dir)
     backend = make_backend(args.backend, batch_dir)
     backend.connect()
+    ensure_proxy_lasts(backend, len(specs), args.parallel)
     store = Store.open(batch_dir, "submit", create=True)
     try:
         now = round(time.time(), 3)
@@ -2309,6 +2608,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch)
     finally:
         store.close()
+
+
+def holds_batch(batch_dir: Path) -> bool:
+    """A batch exists once its jobs are stored; the database of a `submit` killed before that
+    holds nothing, and a new `submit` may use it."""
+    if not (batch_dir / STATE_DIR / "db").is_dir():
+        return False
+    with Store.snapshot(batch_dir) as store:
+        return bool(store.meta())
 
 
 def ensure_writable(batch_dir: Path) -> None:
@@ -2350,6 +2658,7 @@ def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path
                     retries=retries, exit_when=args.exit_when)
     if prepare:
         prepare(engine)
+    ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
     jobs = engine.run(watch=watch)
     return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
 
@@ -2526,6 +2835,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         meta, jobs = store.meta(), store.jobs()
     ordered = [jobs[n] for n in sorted(jobs)]
     counts = column_counts(j.status for j in ordered)
+    at_risk, left = outputs_at_risk(ordered, meta.get("backend", ""), time.time())
+    if at_risk:                          # on stderr: loud on a terminal, out of the way of a pipe
+        print(f"grid: warning: {cleaning_warning(at_risk, left, meta['backend'])}", file=sys.stderr)
     if args.json:
         with gc_paused():               # one string, one write: json.dump() writes piece by piece
             document = json.dumps({"batch": str(batch_dir), "tag": meta.get("tag"),
@@ -2545,7 +2857,8 @@ def status_record(job: Job) -> dict:
     return {"num": job.num, "id": job.dirac_id or None, "name": job.name, "status": job.status,
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
-            "history": job.history, "past": job.past}
+            "ended": job.ended_at if is_final(job.status) else None, "history": job.history,
+            "past": job.past}
 
 
 # -- day to day: failures, why, logs, export, list ------------------------------------------------
@@ -3020,7 +3333,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser(
         "submit", help="run job files, submit every job, then watch",
         description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
-        "job concurrently and watch them. The whole of every file runs before anything is submitted.")
+        "job concurrently and watch them. The whole of every file runs before anything is submitted. "
+        "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
                         help="where the jobs run: the DIRAC WMS, or this machine (default: %(default)s)")
@@ -3041,14 +3355,17 @@ def build_parser() -> argparse.ArgumentParser:
         "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
         "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
         "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
-        "every job is Done, 6 if not. Ctrl-C stops; state is kept.")
+        "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
+        "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
+        "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
     watch.set_defaults(func=cmd_watch)
 
     status = commands.add_parser(
         "status", help="summary and one line per job",
         description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder. Works while `watch` runs; does not contact the server.")
+        "status, site, output folder. Works while `watch` runs; does not contact the server. Warns on "
+        "stderr about outputs not downloaded 5 days after their job ended.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
 

@@ -1,6 +1,5 @@
 """What keeps 100,000 jobs cheap: compact records (older batches still read), a batch written in
 chunks that exists whole or not at all, counts kept as jobs change, downloads that all finish."""
-import io
 import json
 import os
 import signal

@@ -5,7 +5,6 @@ import json
 import os
 import pty
 import select
-import signal
 import struct
 import subprocess
 import termios
@@ -312,11 +311,16 @@ def test_footer_never_wraps_and_keeps_the_counts(width):
     assert line.startswith("S: 0 R: 0 W: 3")
 
 
+def test_footer_shows_the_proxy_time_left_when_the_server_is_fine():
+    line = grid.render_footer(progress(server="server ok, proxy 2 h 05 min left"), 300, False)
+    assert line.endswith("ETA 10 s · server ok, proxy 2 h 05 min left")
+
+
 def test_footer_shows_trouble_before_details():
     line = grid.render_footer(progress(server="server unreachable since 10:00:00"), 80, False)
     assert line.startswith("S: 0 R: 0 W: 3 M: 0 R: 2 D: 90 F: 5 · server unreachable since 10:00:00")
     wide = grid.render_footer(progress(), 300, False)
-    assert "[##################x-] 95/100 final" in wide and "30.0/min" in wide and "ETA 0:10" in wide
+    assert "[##################x-] 95/100 final" in wide and "30.0/min" in wide and "ETA 10 s" in wide
 
 
 def test_a_reason_is_systematic_only_when_it_fails_most_attempts_often():

@@ -1,4 +1,9 @@
 """The dirac backend against DIRAC's real client classes (no server needed for these)."""
+import json
+import time
+
+import pytest
+
 import grid
 from helpers import EXAMPLES
 
@@ -61,3 +66,55 @@ def test_each_thread_makes_new_clients_when_the_proxy_file_is_renewed(monkeypatc
     monkeypatch.setattr(grid.time, "monotonic", lambda: 10.0 + grid.CLIENTS_MAX_AGE + 1)
     backend._clients()
     assert len(made) == 3                                         # and after CLIENTS_MAX_AGE
+
+
+# What DIRAC 9 returns when a service is down (captured from the lab with its services stopped).
+REFUSED = {"OK": False, "Errno": 0, "Message": "('127.0.0.1', 9130) [Errno 111] Connection refused:"
+           "ConnectionRefusedError(111, 'Connection refused')"}
+
+
+def test_failures_are_told_apart_outage_expired_proxy_or_error_reply(monkeypatch):
+    backend = grid.DiracBackend()
+    monkeypatch.setattr(backend, "proxy_seconds_left", lambda: 3600.0)
+    with pytest.raises(grid.ServerUnreachable, match="status query: .*Connection refused"):
+        backend._value(REFUSED, "status query")
+    with pytest.raises(grid.CallFailed) as reply:
+        backend._value({"OK": False, "Message": "Job 12 is not in a valid state\nmore"}, "kill")
+    assert type(reply.value) is grid.CallFailed and str(reply.value) == "kill: Job 12 is not in a valid state"
+    assert backend._value({"OK": True, "Value": [3]}, "x") == [3]
+    monkeypatch.setattr(backend, "proxy_seconds_left", lambda: 0.0)
+    with pytest.raises(grid.ProxyExpired):
+        backend._value(REFUSED, "status query")
+    with pytest.raises(grid.ProxyExpired):             # and no call reaches DIRAC meanwhile
+        backend.status([1, 2])
+
+
+def test_server_times_are_utc_and_init_errors_read_as_one_line():
+    import datetime
+    stamp = datetime.datetime(2026, 1, 2, 3, 4, 5)             # DIRAC: naive, UTC
+    assert grid.utc_timestamp(stamp) == 1767323045.0
+    assert grid.utc_timestamp("2026-01-02 03:04:05") == 1767323045.0
+    assert grid.utc_timestamp(None) == 0.0
+    error = Exception({"OK": False, "Message": "Reason(s):\n\t('127.0.0.1', 9135) [Errno 111] Connection refused"})
+    assert grid.dirac_message(error) == "('127.0.0.1', 9135) [Errno 111] Connection refused"
+
+
+def test_status_warns_loudly_about_outputs_the_server_will_soon_delete(run_grid, batch):
+    now = time.time()
+    store = grid.Store.open(batch, "submit", create=True)
+    jobs = [grid.Job(num=1, name="old", status=grid.DONE, dirac_id=11, ended=now - 6.5 * 86400),
+            grid.Job(num=2, name="older", status=grid.FAILED, dirac_id=12, ended=now - 5.5 * 86400),
+            grid.Job(num=3, name="fresh", status=grid.DONE, dirac_id=13, ended=now - 86400),
+            grid.Job(num=4, name="fetched", status=grid.DONE, dirac_id=14, ended=now - 6 * 86400,
+                     output="succeeded/00004_fetched")]
+    spec = grid.JobSpec(name="x", jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
+    store.create_batch({"tag": "grid-t", "backend": "dirac"}, jobs, [spec] * 4)
+    store.close()
+    result = run_grid("status")
+    assert result.returncode == 0
+    assert result.stderr == ("grid: warning: outputs of 2 job(s) not downloaded yet: DIRAC deletes them about "
+                             "7 days after the job ends, the first in 0.5 day(s); fetch them now with "
+                             "`grid watch`\n")
+    assert result.stdout.splitlines()[0].startswith("S:   0")
+    data = json.loads(run_grid("status", "--json").stdout)
+    assert abs(data["jobs"][0]["ended"] - (now - 6.5 * 86400)) < 1

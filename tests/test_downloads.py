@@ -103,3 +103,28 @@ def test_failed_and_done_jobs_get_separate_folders_named_by_number():
     assert done.output_folder() == "succeeded/00003_a_b_c"
     assert failed.output_folder() == "failed/00004_a_b_c"
     assert killed.output_folder() == "failed/00005"
+
+
+def test_temporary_folders_are_removed_from_worker_threads_without_leaking_descriptors(tmp_path):
+    """DIRAC's retries give the threadpool's threads a gevent hub; shutil.rmtree there leaves every
+    folder's descriptor open (gevent defers closing it to that hub), and thousands of downloads run out."""
+    import os
+    import time
+
+    import gevent
+
+    def fetch_like_a_download(n):
+        time.sleep(0.001)                         # patched: this worker thread now has a hub
+        for i in range(40):
+            folder = tmp_path / f"{n}.{i}"
+            (folder / "a" / "b").mkdir(parents=True)
+            (folder / "a" / "b" / "f").write_text("x")
+            (folder / "link").symlink_to(tmp_path)
+            grid.remove_tree(folder)
+
+    before = len(os.listdir("/proc/self/fd"))
+    pool = gevent.get_hub().threadpool
+    gevent.joinall([gevent.spawn(lambda n=n: pool.spawn(fetch_like_a_download, n).get()) for n in range(4)])
+    assert list(tmp_path.iterdir()) == []
+    # the workers' own hubs take a few descriptors; rmtree would have left at least one per folder (160)
+    assert len(os.listdir("/proc/self/fd")) < before + 40

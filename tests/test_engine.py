@@ -1,5 +1,6 @@
 """The engine with a scripted backend: bulk polling of active jobs only, retries, bounded failures."""
 import io
+import time
 from pathlib import Path
 
 import gevent
@@ -223,6 +224,207 @@ def test_a_failed_call_that_did_reach_the_server_is_not_sent_again(batch):
     assert sorted(j.dirac_id for j in jobs.values()) == sorted(backend.server)
 
 
+# -- faults the real server cannot produce on demand: an expiring proxy, outages of every call --------
+
+class ProxyBackend(ScriptedBackend):
+    """A backend with a grid proxy the test lets expire and renews; calls with an expired one fail."""
+
+    def __init__(self, left=86400.0, expire_after_submissions=None, **kw):
+        super().__init__(**kw)
+        self.left, self.expire_after = left, expire_after_submissions
+        self.refused = 0                                    # calls that met the expired proxy
+
+    def proxy_seconds_left(self):
+        return self.left
+
+    def _check(self):
+        if self.left <= grid.PROXY_MIN_LEFT:
+            self.refused += 1
+            raise grid.ProxyExpired("the grid proxy has expired")
+
+    def submit(self, spec, tag):
+        self._check()
+        job_id = super().submit(spec, tag)
+        if self.expire_after is not None and len(self.server) == self.expire_after:
+            self.left = 0.0
+        return job_id
+
+    def status(self, ids):
+        self._check()
+        return super().status(ids)
+
+    def fetch_output(self, job_id, dest):
+        self._check()
+        super().fetch_output(job_id, dest)
+
+
+@pytest.fixture
+def fast_proxy_poll(monkeypatch):
+    monkeypatch.setattr(grid, "PROXY_POLL", 0.01)
+
+
+def renew_later(backend, seconds=0.3):
+    def renew():
+        backend.left = 86400.0
+    return gevent.spawn_later(seconds, renew)
+
+
+def test_an_expired_proxy_pauses_everything_in_one_line_and_a_fresh_one_resumes(batch, fast_proxy_poll):
+    backend = ProxyBackend(expire_after_submissions=5)
+    engine = make_engine(batch, 30, backend, parallel=4)
+    renew_later(backend)
+    jobs = engine.run()
+    engine.store.close()
+    text = engine.display.out.getvalue()
+    assert text.count("grid proxy expired: paused") == 1
+    assert "dirac-proxy-init -v 24:00" in text
+    assert text.count("grid proxy renewed") == 1
+    assert "server unreachable" not in text and "(try" not in text
+    assert sorted(backend.submitted) == sorted(f"grid-test.{n}.1" for n in range(1, 31))   # once each
+    assert all(j.status == grid.DONE and j.output and j.attempts == 1 for j in jobs.values())
+    assert backend.refused <= 4                 # the calls already on their way, then nothing until renewed
+
+
+def test_a_proxy_expiring_while_watching_pauses_status_and_downloads(batch, fast_proxy_poll):
+    class SlowFetch(ProxyBackend):
+        def fetch_output(self, job_id, dest):
+            gevent.sleep(0.01)                           # downloads take a while, as real ones do
+            super().fetch_output(job_id, dest)
+
+    backend = SlowFetch()
+    engine = make_engine(batch, 40, backend)
+
+    def expire_when_some_are_done():
+        while not any(j.output for j in engine.jobs.values()):
+            gevent.sleep(0.001)
+        backend.left = 0.0
+        renew_later(backend, 0.2)
+
+    gevent.spawn(expire_when_some_are_done)
+    jobs = engine.run()
+    engine.store.close()
+    text = engine.display.out.getvalue()
+    assert text.count("grid proxy expired: paused") == 1 and text.count("grid proxy renewed") == 1
+    assert all(j.output and j.download_tries == 0 for j in jobs.values())
+    assert backend.refused <= 1 + grid.DOWNLOAD_PARALLEL
+
+
+def test_a_proxy_about_to_expire_is_warned_about_once(batch, fast_proxy_poll):
+    backend = ProxyBackend(left=1800.0)
+    engine = make_engine(batch, 3, backend, interval=0.02)
+    engine.run()
+    engine.store.close()
+    text = engine.display.out.getvalue()
+    assert text.count("grid proxy expires in 30 min") == 1
+    assert "paused" not in text
+
+
+def test_submission_refused_when_the_proxy_would_expire_before_the_last_job_is_sent():
+    short = ProxyBackend(left=1000.0)
+    with pytest.raises(grid.BackendError) as refused:
+        grid.ensure_proxy_lasts(short, pending=3000, parallel=16)
+    assert "16 min left" in refused.value.message and "3000 job(s)" in refused.value.message
+    assert "nothing was submitted" in refused.value.message
+    assert refused.value.fix.startswith("renew it first: `dirac-proxy-init -v 24:00`")
+    grid.ensure_proxy_lasts(short, pending=10, parallel=16)          # a few jobs fit in 16 minutes
+    grid.ensure_proxy_lasts(short, pending=0, parallel=16)           # nothing left to submit
+    grid.ensure_proxy_lasts(ScriptedBackend(), pending=10 ** 6, parallel=1)   # no proxy at all
+
+
+class Unreachable(ScriptedBackend):
+    """The first `down` calls of each kind find no server at all."""
+
+    def __init__(self, down=12, **kw):
+        super().__init__(**kw)
+        self.down = {"submit": down, "fetch": down}
+
+    def _outage(self, kind):
+        if self.down[kind]:
+            self.down[kind] -= 1
+            raise grid.ServerUnreachable("[Errno 111] Connection refused")
+
+    def submit(self, spec, tag):
+        self._outage("submit")
+        return super().submit(spec, tag)
+
+    def fetch_output(self, job_id, dest):
+        self._outage("fetch")
+        super().fetch_output(job_id, dest)
+
+
+def test_an_outage_costs_no_submission_or_download_tries_and_is_one_line(batch):
+    backend = Unreachable(down=3 * grid.SUBMIT_ATTEMPTS)
+    engine = make_engine(batch, 4, backend, parallel=1)
+    jobs = engine.run()
+    engine.store.close()
+    text = engine.display.out.getvalue()
+    assert all(j.status == grid.DONE and j.output and j.download_tries == 0 for j in jobs.values())
+    assert sorted(backend.submitted) == sorted(f"grid-test.{n}.1" for n in range(1, 5))
+    assert "(try" not in text                                   # no line per job and try
+    assert text.count("server unreachable since") == 2          # the submission outage, the download one
+    assert text.count("server reachable again") == 2
+
+
+class Ended(ScriptedBackend):
+    """Final jobs ended `age` seconds ago on the server; their outputs cannot be fetched."""
+
+    name = "cleaning"
+
+    def __init__(self, age, **kw):
+        super().__init__(fetch_failures=lambda job_id: 99, **kw)
+        self.age = age
+
+    def status(self, ids):
+        states = super().status(ids)
+        for state in states.values():
+            if grid.is_final(state.status):
+                state.ended = time.time() - self.age
+        return states
+
+
+def test_outputs_about_to_be_cleaned_on_the_server_are_warned_about_loudly_once(batch, monkeypatch):
+    monkeypatch.setattr(grid, "CLEANED_AFTER", {"cleaning": 7 * 86400.0})
+    engine = make_engine(batch, 5, Ended(age=6 * 86400.0), interval=0.005)
+    jobs = engine.run()
+    text = engine.display.out.getvalue()
+    assert all(not j.output for j in jobs.values())
+    warnings = [line for line in text.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1, warnings         # once, though the count was checked every sweep
+    assert "outputs of 5 job(s) not downloaded yet" in warnings[0]
+    assert "about 7 days after the job ends, the first in 1.0 day(s)" in warnings[0]
+    # the next watch warns again at once, and tries every missing output again
+    engine.backend.fetch_failures = lambda job_id: 0
+    engine = grid.Engine(engine.store, engine.backend, grid.Display(io.StringIO()), batch, interval=0.005)
+    jobs = engine.run()
+    engine.store.close()
+    assert "WARNING: outputs of 5 job(s)" in engine.display.out.getvalue()
+    assert all(j.output for j in jobs.values())
+
+
+def test_recent_or_downloaded_outputs_and_backends_that_keep_them_are_not_warned_about(batch, monkeypatch):
+    monkeypatch.setattr(grid, "CLEANED_AFTER", {**grid.CLEANED_AFTER, "cleaning": 7 * 86400.0})
+    engine = make_engine(batch, 3, Ended(age=2 * 86400.0), interval=0.005)
+    engine.run()
+    engine.store.close()
+    assert "WARNING" not in engine.display.out.getvalue()
+    jobs = [grid.Job(num=1, name="a", status=grid.DONE, dirac_id=7, ended=time.time() - 6 * 86400)]
+    assert grid.outputs_at_risk(jobs, "local", time.time()) == (0, 0.0)
+    assert grid.outputs_at_risk(jobs, "dirac", time.time())[0] == 1
+    jobs[0].output = "succeeded/00001_a"
+    assert grid.outputs_at_risk(jobs, "dirac", time.time())[0] == 0
+
+
+def test_failed_calls_in_the_threadpool_print_no_tracebacks(batch, capfd):
+    class Threaded(ScriptedBackend):
+        threaded = True
+
+    engine = make_engine(batch, 3, Threaded(status_failures=3, submit_failures=2))
+    jobs = engine.run()
+    engine.store.close()
+    assert all(j.status == grid.DONE for j in jobs.values())
+    assert "Traceback" not in capfd.readouterr().err
+
+
 class SlowThreadedBackend(ScriptedBackend):
     """Submission calls run in the threadpool and take a while, as DIRAC's do."""
 
@@ -256,3 +458,15 @@ def test_retries_stop_at_n_and_keep_every_attempt(batch):
     assert [p["output"] for p in jobs[1].past] == ["retried/00001_job-1.1", "retried/00001_job-1.2"]
     assert all((batch / p["output"] / "std.out").is_file() for p in jobs[1].past)
     assert jobs[1].failed and (batch / jobs[1].output / "std.out").is_file()
+
+
+def test_live_footer_figures_follow_the_jobs_through_failures_retries_and_downloads(batch):
+    backend = ScriptedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
+    engine = make_engine(batch, 4, backend, retries=1)
+    jobs = engine.run()
+    engine.store.close()
+    shown = engine.progress()
+    assert shown.total == 4 and shown.final == sum(grid.is_final(j.status) for j in jobs.values()) == 4
+    assert shown.failed == sum(j.failed for j in jobs.values())
+    assert shown.submitted == 4 and shown.downloaded == sum(bool(j.output) for j in jobs.values()) == 4
+    assert shown.counts == grid.column_counts(j.status for j in jobs.values())

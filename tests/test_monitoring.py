@@ -94,12 +94,24 @@ class FakeMonitoring:
         self.calls.append(("getJobsSites", list(ids)))
         return {"OK": True, "Value": {i: {"Site": self.jobs[i][1]} for i in ids}}
 
+    def getJobsSummary(self, ids):
+        self.calls.append(("getJobsSummary", list(ids)))
+        return {"OK": True, "Value": {i: {"Status": self.jobs[i][0], "Site": self.jobs[i][1],
+                                          "LastUpdateTime": "2026-01-02 03:04:05"} for i in ids}}
 
-def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_later():
-    server = {i: (grid.WAITING, "ANY") for i in range(1, 1001)}
+
+def dirac_backend(monkeypatch, fake: FakeMonitoring) -> "grid.DiracBackend":
+    """The dirac backend talking to a fake JobMonitoring, with a valid proxy."""
     backend = grid.DiracBackend()
+    backend._clients = lambda: SimpleNamespace(monitoring=fake)           # in every thread of the pool
+    monkeypatch.setattr(backend, "proxy_seconds_left", lambda: 3600.0)
+    return backend
+
+
+def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_later(monkeypatch):
+    server = {i: (grid.WAITING, "ANY") for i in range(1, 1001)}
     fake = FakeMonitoring(server)
-    backend._clients = lambda: SimpleNamespace(monitoring=fake)
+    backend = dirac_backend(monkeypatch, fake)
     first = backend.status(list(range(1, 1001)))
     assert [name for name, _ in fake.calls] == ["getJobsStates"]           # all Waiting: no site to ask
     assert {s.site for s in first.values()} == {None}                      # not asked: unchanged
@@ -110,8 +122,10 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     server[13] = (grid.KILLED, "ANY")                                      # killed before it ran
     fake.calls.clear()
     second = backend.status(list(range(1, 1001)))
-    assert fake.calls[1] == ("getJobsSites", list(range(1, 12)))            # not 12 (gone), not 13 (killed)
+    assert fake.calls[1] == ("getJobsSites", list(range(1, 11)))            # not 12 (gone), not 13 (killed)
+    assert fake.calls[2] == ("getJobsSummary", [11])                        # ended: once, with its end time
     assert [second[i].site for i in (1, 10, 11)] == ["LCG.CERN.cern"] * 2 + ["LCG.RAL.uk"]
+    assert second[11].ended == grid.utc_timestamp("2026-01-02 03:04:05") and second[1].ended == 0
     assert second[12].status == grid.DELETED
     fake.calls.clear()
     third = backend.status(list(range(1, 11)) + list(range(14, 1001)))     # nothing moved since
@@ -119,14 +133,13 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     assert third[1].site == "LCG.CERN.cern"                                # the site it was told before
 
 
-def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch):
+def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch):
     store = batch_with(batch, [grid.RUNNING, grid.WAITING])
     jobs = store.jobs()
     jobs[1].site = "LCG.CERN.cern"
     store.save(jobs[1])
-    backend = grid.DiracBackend()                                          # a new process: knows nothing yet
     fake = FakeMonitoring({5001: (grid.KILLED, "ANY"), 5002: (grid.KILLED, "ANY")})
-    backend._clients = lambda: SimpleNamespace(monitoring=fake)           # in every thread of the pool
+    backend = dirac_backend(monkeypatch, fake)                             # a new process: knows nothing yet
     engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
     engine.sweep()
     store.close()

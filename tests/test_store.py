@@ -1,16 +1,16 @@
 """The store: reopens, says who holds it, reads while held, survives SIGKILL mid-write."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import plyvel
 import pytest
 
 import grid
-from helpers import ROOT
+from helpers import EXAMPLES, ROOT
 
 HOLD = """
 import sys, time
@@ -121,3 +121,16 @@ def test_a_damaged_database_is_an_error_with_the_repair_command(batch, run_grid)
     assert "the batch database is damaged: Corruption" in result.stderr
     assert "plyvel.repair_db(" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_submit_killed_before_it_stored_its_jobs_leaves_no_batch(run_grid, batch):
+    (batch / ".grid").mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                                 # a pid whose process is gone
+    plyvel.DB(str(batch / ".grid" / f"{grid.NEW_DB_PREFIX}{dead.pid}"), create_if_missing=True).close()
+    result = run_grid("watch")
+    assert result.returncode == 4
+    assert "was stopped before it stored the jobs" in result.stderr and "Traceback" not in result.stderr
+    result = run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py")
+    assert result.returncode == 0, result.stderr
+    assert "1 of 1 job(s) submitted" in result.stdout

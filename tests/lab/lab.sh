@@ -10,6 +10,7 @@
 #   bash tests/lab/lab.sh wan on|off         50 ms round trip on the namespace's loopback (user-space delay)
 #   bash tests/lab/lab.sh jobagent start|stop|status
 #   bash tests/lab/lab.sh kill-waiting       kill every job not yet matched (Received/Checking/Waiting)
+#   bash tests/lab/lab.sh services stop|start  an outage: stop the services and optimizers, keeping all state
 #   bash tests/lab/lab.sh logs               list the log files (one per process)
 #
 # Environment: LAB (state dir, default tests/lab/.lab), NS (netns, default gridlab), VENV (default <repo>/.venv),
@@ -176,6 +177,51 @@ stop_all() {
     for s in "${names[@]}"; do stop_proc "$s"; done
 }
 
+# The DISET services, in order (CS first, OptimizationMind before the Matcher), then wait until all answer.
+services_start() {
+    local s name comp port
+    alive cs || spawn cs "Configuration/Server" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" \
+        "DIRACSYSCONFIG=$LAB/server/etc/cs.cfg" -- "$VENV/bin/dirac-service" Configuration/Server
+    wait_ports 60 9135 || die "Configuration Server does not answer, see $LAB/logs/cs.log"
+    alive OptimizationMind || spawn OptimizationMind "WorkloadManagement/OptimizationMind" "$LAB/server" \
+        "DIRAC_ROOT_PATH=$LAB/server" -- "$VENV/bin/dirac-service" WorkloadManagement/OptimizationMind
+    wait_ports 60 9175 || die "OptimizationMind does not answer, see $LAB/logs/OptimizationMind.log"
+    for s in $SERVICES; do
+        IFS=: read -r name comp port <<< "$s"
+        alive "$name" && continue
+        spawn "$name" "$comp" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- "$VENV/bin/dirac-service" "$comp"
+    done
+    for s in $SERVICES; do
+        IFS=: read -r name comp port <<< "$s"
+        wait_ports 90 "$port" || die "$name ($comp, port $port) does not answer, see $LAB/logs/$name.log"
+    done
+}
+
+optimizers_start() {
+    alive optimizers || spawn optimizers "WorkloadManagement/Optimizers" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- \
+        "$VENV/bin/dirac-executor" WorkloadManagement/Optimizers
+}
+
+# An outage: every service and the optimizers stop; databases, sandboxes and the JobAgent are left as they are.
+cmd_services() {
+    mkdir -p "$LAB/run" "$LAB/logs"
+    local s names=()
+    case "${1:-}" in
+        stop)
+            stop_proc optimizers
+            for s in $SERVICES; do names=("${s%%:*}" "${names[@]}"); done
+            for s in "${names[@]}"; do stop_proc "$s"; done
+            say "services stopped (state kept; 'lab.sh services start' brings them back)" ;;
+        start)
+            ns_exists || die "lab is not up"
+            local t; t=$(now)
+            services_start
+            optimizers_start
+            say "services answer again: $(since "$t") s" ;;
+        *) die "usage: lab.sh services stop|start" ;;
+    esac
+}
+
 # ------------------------------------------------------------------------------------------------ commands
 cmd_up() {
     local t0; t0=$(now)
@@ -205,27 +251,11 @@ cmd_up() {
     say "pki, cfg, databases, netns: $(since "$t") s"
 
     t=$(now)
-    local s name comp port
-    spawn cs "Configuration/Server" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" "DIRACSYSCONFIG=$LAB/server/etc/cs.cfg" -- \
-        "$VENV/bin/dirac-service" Configuration/Server
-    wait_ports 60 9135 || die "Configuration Server does not answer, see $LAB/logs/cs.log"
-    spawn OptimizationMind "WorkloadManagement/OptimizationMind" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- \
-        "$VENV/bin/dirac-service" WorkloadManagement/OptimizationMind
-    wait_ports 60 9175 || die "OptimizationMind does not answer, see $LAB/logs/OptimizationMind.log"
-    for s in $SERVICES; do
-        IFS=: read -r name comp port <<< "$s"
-        alive "$name" && continue
-        spawn "$name" "$comp" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- "$VENV/bin/dirac-service" "$comp"
-    done
-    for s in $SERVICES; do
-        IFS=: read -r name comp port <<< "$s"
-        wait_ports 90 "$port" || die "$name ($comp, port $port) does not answer, see $LAB/logs/$name.log"
-    done
+    services_start
     say "services answer: $(since "$t") s"
 
     t=$(now)
-    spawn optimizers "WorkloadManagement/Optimizers" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- \
-        "$VENV/bin/dirac-executor" WorkloadManagement/Optimizers
+    optimizers_start
     # sites, CEs and the sandbox SE Active in ResourceStatus (JobScheduling and the sandbox SE need it),
     # and the user proxy, in parallel
     local envs=(); mapfile -d '' envs < <(base_env)
@@ -320,8 +350,10 @@ wan_on() {
         : > "$LAB/logs/nfq_delay.log"
         spawn nfq_delay "nfq_delay.py" "$LAB" -- "$VENV/bin/python" "$HERE/nfq_delay.py" "$DELAY_MS"
         local i
-        for i in $(seq 1 50); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
-        grep -q "^delaying" "$LAB/logs/nfq_delay.log" || die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"
+        # up to 30 s: on a loaded machine (several labs on 2 cores) its imports alone can take 5 s
+        for i in $(seq 1 300); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
+        grep -q "^delaying" "$LAB/logs/nfq_delay.log" ||
+            { stop_proc nfq_delay > /dev/null; die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"; }
     fi
     ip netns exec "$NS" iptables -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
         ip netns exec "$NS" iptables -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass
@@ -386,7 +418,7 @@ cmd_jobagent() {
 # up, down, wan and jobagent run one at a time per lab. The lock is held by flock(1) itself (-o: not
 # passed on), so the daemons started here (and MariaDB) do not inherit it.
 case "${1:-}" in
-    up|down|wan|jobagent)
+    up|down|wan|jobagent|services)
         if [ -z "${_LAB_LOCKED:-}" ]; then
             mkdir -p "$LAB/run"
             export _LAB_LOCKED=1
@@ -402,7 +434,8 @@ case "${1:-}" in
     run) shift; [ $# -gt 0 ] || die "usage: lab.sh run CMD..."; client_exec "$@" ;;
     wan) shift; cmd_wan "$@" ;;
     jobagent) shift; cmd_jobagent "$@" ;;
+    services) shift; cmd_services "$@" ;;
     kill-waiting) cmd_kill_waiting ;;
     logs) ls -l "$LAB/logs" ;;
-    *) sed -n "2,17p" "$0" | sed "s/^# \{0,1\}//"; exit 2 ;;
+    *) sed -n "2,18p" "$0" | sed "s/^# \{0,1\}//"; exit 2 ;;
 esac

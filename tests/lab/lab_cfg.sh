@@ -260,6 +260,11 @@ Systems
       OptimizationMind
       {
         Port = 9175
+        # Under bursts (hundreds of submissions or kills) DIRAC 9's executor and JobManager connections
+        # to the mind sometimes drop (M2Crypto "bad write retry") and a job's notification is lost: the
+        # job stays Received until the mind reloads jobs from the database, every 5 minutes by default;
+        # here every minute (DIRAC's ThreadScheduler allows no less).
+        LoadJobPeriod = 60
       }
       Matcher
       {

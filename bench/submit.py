@@ -13,7 +13,9 @@ Waiting), and in one run measures:
 - --bulk call by call: how long a bundle's upload, submission and confirmation take;
 - what the server takes at most: several plain client processes (Dirac().submitJob in threads);
 - client CPU per submission and per 1000-job status sweep, with DIRAC's default client objects
-  (a new one per call) and with grid.py's reused clients and prebuilt SSL context.
+  (a new one per call) and with grid.py's reused clients and prebuilt SSL context;
+- the most calls a second a DISET service takes at this round trip (its threads over one call's
+  time: a call holds a thread from the TLS handshake to the reply).
 
 grid.py's rate is that of its submission phase (first job created to last job recorded), as the
 serial loop's is per job after DIRAC's start-up; whole-command times are printed too. Each figure
@@ -101,7 +103,7 @@ import io, json, resource, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import grid
 mode, n, threads, ids = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
-specs = grid.load_job_files(["jobs.py"], "grid-bench-cpu")[:n]
+specs = list(grid.load_job_files(["jobs.py"], "grid-bench-cpu"))[:n]
 backend = grid.DiracBackend()
 backend.connect()
 backend.reuse_clients = mode == "reuse"
@@ -138,21 +140,41 @@ c0 = cpu()
 for _ in range(3):
     sweep()
 sweep_cpu = (cpu() - c0) / 3
+# One DISET call holds one of the service's threads (MaxThreads, 15 by default) from the TLS
+# handshake to the reply: with the wall time of one small call, the most calls a second it serves.
+from DIRAC import gConfig
+from DIRAC.ConfigurationSystem.Client.PathFinder import getServiceSection
+threads = gConfig.getValue(getServiceSection(grid.JOB_MANAGER) + "/MaxThreads", 15)
+start = time.time()
+for _ in range(5):
+    backend._clients().monitoring.getJobsStates(ids[:1])
 print("RESULT " + json.dumps({"submit": submit_cpu, "first": first_cpu, "sweep": sweep_cpu,
-                              "sweep_ids": len(ids), "ids": made}), flush=True)
+                              "sweep_ids": len(ids), "ids": made, "call": (time.time() - start) / 5,
+                              "threads": threads}), flush=True)
 """
 
 # Where the time of --bulk goes: the jobs as bundles of SIZE (0: the server's limit), all at once,
-# through grid.py's dirac backend, timing each of the three calls a bundle makes.
+# through grid.py's dirac backend, timing each of the three calls a bundle makes, and how busy the
+# JobManager process (PID) was while the submissions ran (one process: one core at most, Python's GIL).
 BUNDLE_CLIENT = r"""
-import json, sys, threading, time
+import json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import grid
-specs = grid.load_job_files(["jobs.py"], "grid-bench-bundle")
+specs = list(grid.load_job_files(["jobs.py"], "grid-bench-bundle"))
 backend = grid.DiracBackend()
 backend.connect()
 limit = int(sys.argv[2]) or backend.bundle_limit()
-steps, ids = {}, []
+steps, spans, ids, samples, done = {}, [], [], [], threading.Event()
+def process_cpu(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def machine():
+    values = [int(v) for v in open("/proc/stat").readline().split()[1:]]
+    return values[0] + values[1] + values[2] + values[5] + values[6], values[4], sum(values)
+def sample():
+    while not done.is_set():
+        samples.append((time.time(), process_cpu(sys.argv[3]), process_cpu(sys.argv[4]), *machine()))
+        time.sleep(0.05)
 def timed(obj, name):
     call = getattr(obj, name)
     def wrapper(*args, **kw):
@@ -161,6 +183,8 @@ def timed(obj, name):
             return call(*args, **kw)
         finally:
             steps.setdefault(name, []).append(time.time() - start)
+            if name == "submitJob":
+                spans.append((start, time.time()))
     setattr(obj, name, wrapper)
 def bundle(k, part):
     clients = backend._clients()
@@ -173,11 +197,22 @@ parts = grid.split_evenly(specs, limit)
 barrier = threading.Barrier(len(parts) + 1)
 threads = [threading.Thread(target=bundle, args=(k, part)) for k, part in enumerate(parts)]
 [t.start() for t in threads]
+sampler = threading.Thread(target=sample)
+sampler.start()
 barrier.wait()
 start = time.time()
 [t.join() for t in threads]
-print("RESULT " + json.dumps({"seconds": time.time() - start, "limit": limit, "bundles": len(parts),
-                              "steps": steps, "ids": ids}), flush=True)
+seconds = time.time() - start
+done.set()
+sampler.join()
+first, last = min(s for s, _ in spans), max(e for _, e in spans)
+inside = [s for s in samples if first <= s[0] <= last]
+a, b = (inside[0], inside[-1]) if len(inside) > 1 else (samples[0], samples[-1])
+window, total = b[0] - a[0], max(1, b[5] - a[5])
+print("RESULT " + json.dumps({"seconds": seconds, "limit": limit, "bundles": len(parts), "steps": steps,
+                              "job_manager_busy": (b[1] - a[1]) / window, "mariadb_busy": (b[2] - a[2]) / window,
+                              "machine_busy": (b[3] - a[3]) / total, "iowait": (b[4] - a[4]) / total,
+                              "ids": ids}), flush=True)
 """
 
 
@@ -277,7 +312,9 @@ class Bench:
 
     def bundle_steps(self, jobs: int, size: int) -> dict:
         folder = self.folder(f"bundle-steps-{size}", jobs)
-        result, _, _ = self.run([VENV_PYTHON, "-c", BUNDLE_CLIENT, ROOT, size], folder)
+        job_manager = (LAB / "run" / "JobManager.pid").read_text().split()[0]
+        mariadb = Path("/run/mysqld/mysqld.pid").read_text().split()[0]
+        result, _, _ = self.run([VENV_PYTHON, "-c", BUNDLE_CLIENT, ROOT, size, job_manager, mariadb], folder)
         data = json.loads([l for l in result.stdout.splitlines() if l.startswith("RESULT ")][-1][7:])
         data["jobs"] = len(data["ids"])
         self.ids += data.pop("ids")
@@ -420,7 +457,9 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
         row(f"--bulk call by call ({steps['bundles']} bundles of <= {steps['limit']} at once)",
             f"{steps['seconds']:.2f} s: upload {mean.get('uploadFilesAsSandbox', 0):.2f} s, submission "
             f"{mean.get('submitJob', 0):.2f} s, confirmation {mean.get('confirmBulkSubmission', 0):.2f} s "
-            f"(means); server CPU {steps['server']:.0f} ms/job; machine busy {steps['busy']:.0%}", "")
+            f"(means); while they submit: JobManager {steps['job_manager_busy']:.0%} of a core, "
+            f"MariaDB {steps['mariadb_busy']:.0%} of a core, machine {steps['machine_busy']:.0%} busy and "
+            f"{steps['iowait']:.0%} waiting for the disk; server CPU {steps['server']:.0f} ms/job", "")
 
     ceiling = {}
     for shape in [s for s in args.ceiling.split(",") if s]:
@@ -454,6 +493,12 @@ def measure(bench: Bench, args: argparse.Namespace) -> list:
     new, reuse = cpu["new"], cpu["reuse"]
     row("client CPU per submission call, before / now",
         f"{new['submit'] * 1000:.1f} / {reuse['submit'] * 1000:.1f} ms", f"{new['submit'] / reuse['submit']:.1f}x less")
+    bound = reuse["threads"] / reuse["call"]
+    ms = per_job_ms(runs[default])
+    row("a DISET service's most at this round trip: its threads / one call's time",
+        f"{reuse['threads']} threads / {reuse['call'] * 1000:.0f} ms = {bound:.0f} calls/s (a submission is "
+        f"one SandboxStore and one JobManager call)", f"grid.py --parallel {default}: {1000 / ms:.1f} jobs/s, "
+        f"{1000 / ms / bound:.0%} of it")
     scale = 1000 / max(1, reuse["sweep_ids"])
     row(f"client CPU per 1000-job status sweep, before / now ({reuse['sweep_ids']} ids)",
         f"{new['sweep'] * scale * 1000:.1f} / {reuse['sweep'] * scale * 1000:.1f} ms "

@@ -1810,7 +1810,7 @@ class Engine:
     def proxy_running_out(self, left: float) -> None:
         if left >= PROXY_WARN_LEFT:
             self.proxy_warned = False
-        elif not self.proxy_warned and (self.pending_submissions() or self.active_jobs()):
+        elif not self.proxy_warned and self.jobs_in_progress:
             self.proxy_warned = True
             self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
                                  f"renew it with {renew_command()}, or watching pauses then")
@@ -1882,9 +1882,6 @@ class Engine:
 
     def pending_submissions(self) -> int:
         return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
-
-    def active_jobs(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.submitted and not is_final(j.status))
 
     def warn_cleaning(self) -> None:
         """One loud line whenever the number of outputs the server is about to delete changes. Ages

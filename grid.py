@@ -225,6 +225,8 @@ class BundleTooLarge(CallFailed):
     def __init__(self, message: str, limit: int) -> None:
         super().__init__(message)
         self.limit = limit
+
+
 class ServerUnreachable(CallFailed):
     """The server did not answer at all (refused, timed out): an outage, not the job's fault, so it
     costs the job none of its tries."""
@@ -1242,6 +1244,7 @@ class DiracBackend(Backend):
     def submit_bundle(self, specs: list[JobSpec], tags: list[str]) -> list[int]:
         """One parametric job: one input sandbox upload (shared files and every job's workflow),
         one submission, one confirmation."""
+        self._require_proxy()
         clients = self._clients()
         entries = sandbox_entries(specs[0].jdl)
         files = [entry for entry in entries if not is_remote_entry(entry)]
@@ -2072,7 +2075,8 @@ class Engine:
         try:
             jobs = [job for job in jobs if not job.submitted]     # reconcile() may have found some
             specs = {job.num: self.store.spec(job.num) for job in jobs}
-            for attempt in range(SUBMIT_ATTEMPTS):
+            errors = outages = 0
+            while errors < SUBMIT_ATTEMPTS:      # only error replies count, as for one job
                 try:
                     jobs = self.adopt_accepted(jobs)
                     if len(jobs) < 2:
@@ -2091,10 +2095,20 @@ class Engine:
                     requeued = [part if len(part) > 1 else part[0]
                                 for part in split_evenly([job.num for job in jobs], most)]
                     return
+                except ProxyExpired:
+                    if self.stopping.is_set():
+                        return
+                    continue                     # the next call waits for a fresh proxy
+                except ServerUnreachable:
+                    outages += 1                 # announced once by call()
+                    if self.stopping.wait(backoff(outages)):
+                        return
+                    continue
                 except CallFailed as e:
+                    errors += 1
                     self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} ({len(jobs)} jobs): {e} "
-                                         f"(try {attempt + 1}/{SUBMIT_ATTEMPTS})")
-                    if self.stopping.wait(backoff(attempt)):
+                                         f"(try {errors}/{SUBMIT_ATTEMPTS})")
+                    if self.stopping.wait(backoff(errors - 1)):
                         return
                     continue
                 for job, job_id in zip(jobs, ids):

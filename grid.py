@@ -142,6 +142,7 @@ LIST_DEPTH = 5                       # folder levels below FOLDER that `list` se
 EXAMPLE_JOBS = 10                    # job numbers shown per group by `failures`
 NOT_STARTED_STATUS = 1000            # exit status DIRAC's Script module gives a step it cannot start
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
+CLEANING_CHECK_EVERY = 3600.0        # seconds between looks at every job's age (a batch may hold 100,000)
 CLIENTS_MAX_AGE = 600.0              # seconds a thread reuses its DIRAC clients and SSL context
 BUNDLE_LIMIT_FALLBACK = 20           # jobs per parametric job when the server's limit cannot be read
                                      # (DIRAC's own default for JobManager/MaxParametricJobs)
@@ -1294,7 +1295,8 @@ class DiracBackend(Backend):
 
     def kill(self, ids: list[int]) -> None:
         self._require_proxy()
-        self._value(self._clients().wms.killJob(list(ids)), "kill")
+        # positional only: a reused DISET client sends no keyword arguments (WMSClient.killJob would)
+        self._value(self._clients().job_manager.killJob(list(ids)), "kill")
 
     def reschedule(self, ids: list[int]) -> None:
         self._require_proxy()
@@ -1328,13 +1330,10 @@ def first_line(text: str) -> str:
 
 
 def utc_timestamp(value: Any) -> float:
-    """Unix time of a DIRAC time stamp (a naive UTC datetime, or its text); 0 if there is none."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = datetime.datetime.fromisoformat(value)
+    """Unix time of a DIRAC time stamp: a naive UTC datetime (DISET sends those), or its text."""
     if isinstance(value, datetime.datetime):
         return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-    return 0.0
+    return dirac_time(value) if isinstance(value, str) else 0.0
 
 
 class LocalBackend(Backend):
@@ -1738,6 +1737,8 @@ class Engine:
         self.proxy_ok.set()
         self.proxy_warned = False
         self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
+        self.cleaning_checked = 0.0               # when the jobs were last looked at for that
+        self.cleaning_due = False                 # a job that ended long ago just became final
         self.interrupted = False
         self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
         self.crash: Optional[BaseException] = None
@@ -1824,7 +1825,7 @@ class Engine:
     def proxy_running_out(self, left: float) -> None:
         if left >= PROXY_WARN_LEFT:
             self.proxy_warned = False
-        elif not self.proxy_warned and (self.pending_submissions() or self.active_jobs()):
+        elif not self.proxy_warned and self.jobs_in_progress:
             self.proxy_warned = True
             self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
                                  f"renew it with {renew_command()}, or watching pauses then")
@@ -1897,12 +1898,14 @@ class Engine:
     def pending_submissions(self) -> int:
         return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
 
-    def active_jobs(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.submitted and not is_final(j.status))
-
     def warn_cleaning(self) -> None:
-        """One loud line whenever the number of outputs the server is about to delete changes."""
-        count, left = outputs_at_risk(self.jobs.values(), self.backend.name, time.time())
+        """One loud line whenever the number of outputs the server is about to delete changes. Ages
+        change by the day: the jobs are looked at once an hour, or at once when an old job ended."""
+        now = time.time()
+        if now - self.cleaning_checked < CLEANING_CHECK_EVERY and not self.cleaning_due:
+            return
+        self.cleaning_checked, self.cleaning_due = now, False
+        count, left = outputs_at_risk(self.jobs.values(), self.backend.name, now)
         if count and count != self.at_risk_warned:
             self.display.message("WARNING: " + cleaning_warning(count, left, self.backend.name,
                                                                 "this `grid watch` is fetching them"))
@@ -2266,6 +2269,7 @@ class Engine:
             job.history.append([state.status, round(time.time(), 3)])
             if is_final(job.status):
                 job.ended = state.ended or time.time()
+                self.cleaning_due |= time.time() - job.ended > CLEANING_WARN_AFTER
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
             if is_final(job.status) and not is_final(old_status):

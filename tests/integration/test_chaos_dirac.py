@@ -194,7 +194,8 @@ def test_sigkill_submit_at_20_points_leaves_every_job_exactly_once_on_the_server
     points, logs = [], []
     while len(points) < SUBMIT_KILLS:
         resume = (batch / ".grid" / "db").is_dir() and status(batch)["tag"]
-        args = ("watch", "--interval", "60") if resume else ("submit", "--no-watch", "jobs.py")
+        args = ("watch", "--interval", "60", "--parallel", "16") if resume else \
+            ("submit", "--no-watch", "--parallel", "16", "jobs.py")
         log = tmp_path / f"run{len(logs):02d}.log"
         logs.append(log)
         accepted, started = jobdb.count(since), time.monotonic()
@@ -216,7 +217,7 @@ def test_sigkill_submit_at_20_points_leaves_every_job_exactly_once_on_the_server
     # resume once more, until the store has an id for every job; then Ctrl-C
     log = tmp_path / "final.log"
     logs.append(log)
-    process = start(dirac_lab, batch, log, "watch", "--interval", "60")
+    process = start(dirac_lab, batch, log, "watch", "--interval", "60", "--parallel", "16")
     wait_until(lambda: all(j["id"] for j in status(batch)["jobs"]), 300, "every job submitted", process, 1.0)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 130, log.read_text()[-2000:]

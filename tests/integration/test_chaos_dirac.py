@@ -42,15 +42,29 @@ class JobDB:
     """The lab's JobDB, read directly: what the server holds, whatever any client believes."""
 
     def __init__(self, lab):
+        self.database = lab.env.get("GRID_LAB_DBPREFIX", "gridlab_") + "JobDB"
+        self.conn = self._connect()
+
+    def _connect(self):
         import MySQLdb
 
-        self.conn = MySQLdb.connect(user="root", unix_socket=MYSQL_SOCKET, autocommit=True,
-                                    database=lab.env.get("GRID_LAB_DBPREFIX", "gridlab_") + "JobDB")
+        return MySQLdb.connect(user="root", unix_socket=MYSQL_SOCKET, autocommit=True, database=self.database)
 
     def _rows(self, sql, *args):
-        cursor = self.conn.cursor()
-        cursor.execute(sql, args)
-        return cursor.fetchall()
+        """The rows of one query; once more on a new connection if MariaDB, shared by every lab on
+        the machine, was restarted under us."""
+        import MySQLdb
+
+        for attempt in range(2):
+            try:
+                cursor = self.conn.cursor()
+                cursor.execute(sql, args)
+                return cursor.fetchall()
+            except MySQLdb.OperationalError:
+                if attempt:
+                    raise
+                time.sleep(2)
+                self.conn = self._connect()
 
     def last_id(self) -> int:
         return self._rows("SELECT COALESCE(MAX(JobID), 0) FROM Jobs")[0][0]

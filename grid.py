@@ -1043,6 +1043,8 @@ class DiracClients:
     """
 
     def __init__(self, credentials: tuple, reuse_clients: bool) -> None:
+        from DIRAC.WorkloadManagementSystem.Client.JobManagerClient import JobManagerClient
+        from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
         from DIRAC.WorkloadManagementSystem.Client.WMSClient import WMSClient
         self.credentials, self.born = credentials, time.monotonic()
@@ -1052,20 +1054,32 @@ class DiracClients:
             from DIRAC.Core.DISET.TransferClient import TransferClient
             probe = RPCClient(JOB_MANAGER)           # DIRAC settles the connection options (CA check, ...)
             context = getM2SSLContext(**probe.kwargs)
-            self.job_manager = RPCClient(JOB_MANAGER, ctx=context)
-            self.monitoring = RPCClient(JOB_MONITORING, ctx=context)
+            # DIRAC's own client classes (they map keyword arguments to the service's), each
+            # making every call through one kept RPCClient: Client._getRPC's `rpc`, always given.
+            self.job_manager = kept_rpc(JobManagerClient, RPCClient(JOB_MANAGER, ctx=context))
+            self.monitoring = kept_rpc(JobMonitoringClient, RPCClient(JOB_MONITORING, ctx=context))
             self.wms = WMSClient(jobManagerClient=self.job_manager,
                                  sbRPCClient=RPCClient(SANDBOX_STORE, ctx=context),
                                  sbTransferClient=TransferClient(SANDBOX_STORE, ctx=context))
             self.sandbox = self.wms.sandboxClient
         else:
-            from DIRAC.WorkloadManagementSystem.Client.JobManagerClient import JobManagerClient
-            from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
             self.job_manager, self.monitoring = JobManagerClient(), JobMonitoringClient()
             self.wms, self.sandbox = WMSClient(jobManagerClient=self.job_manager), SandboxStoreClient()
 
     def stale(self, credentials: tuple) -> bool:
         return credentials != self.credentials or time.monotonic() - self.born > CLIENTS_MAX_AGE
+
+
+def kept_rpc(client_class: type, rpc: Any) -> Any:
+    """An instance of one of DIRAC's Client classes whose calls all go through `rpc`."""
+
+    class Kept(client_class):
+        def _getRPC(self, rpc: Any = None, url: str = "", timeout: Any = None) -> Any:
+            return rpc or self.kept
+
+    client = Kept()
+    client.kept = rpc
+    return client
 
 
 def speaks_dips(service: str) -> bool:
@@ -2076,7 +2090,7 @@ class Engine:
             jobs = [job for job in jobs if not job.submitted]     # reconcile() may have found some
             specs = {job.num: self.store.spec(job.num) for job in jobs}
             errors = outages = 0
-            while errors < SUBMIT_ATTEMPTS:      # only error replies count, as for one job
+            while not self.stopping.is_set():
                 try:
                     jobs = self.adopt_accepted(jobs)
                     if len(jobs) < 2:
@@ -2096,28 +2110,27 @@ class Engine:
                                 for part in split_evenly([job.num for job in jobs], most)]
                     return
                 except ProxyExpired:
-                    if self.stopping.is_set():
-                        return
                     continue                     # the next call waits for a fresh proxy
                 except ServerUnreachable:
-                    outages += 1                 # announced once by call()
-                    if self.stopping.wait(backoff(outages)):
-                        return
+                    outages += 1                 # announced once by call(); not the bundle's fault
+                    self.stopping.wait(backoff(outages))
                     continue
                 except CallFailed as e:
                     errors += 1
                     self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} ({len(jobs)} jobs): {e} "
                                          f"(try {errors}/{SUBMIT_ATTEMPTS})")
-                    if self.stopping.wait(backoff(errors - 1)):
-                        return
+                    if errors >= SUBMIT_ATTEMPTS:
+                        self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} not accepted; "
+                                             f"submitting its {len(jobs)} job(s) one by one")
+                        break
+                    self.stopping.wait(backoff(errors))
                     continue
                 for job, job_id in zip(jobs, ids):
                     self.record_submission(job, job_id, save=False)
                 self.store.save(*jobs, sync=True)
                 return
-            else:
-                self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} not accepted; "
-                                     f"submitting its {len(jobs)} job(s) one by one")
+            if self.stopping.is_set():
+                return                                   # left for the next run, as they are
             requeued = [job.num for job in jobs]         # what is left of the bundle goes one by one
         finally:
             for item in requeued:

@@ -225,6 +225,8 @@ class BundleTooLarge(CallFailed):
     def __init__(self, message: str, limit: int) -> None:
         super().__init__(message)
         self.limit = limit
+
+
 class ServerUnreachable(CallFailed):
     """The server did not answer at all (refused, timed out): an outage, not the job's fault, so it
     costs the job none of its tries."""

@@ -229,3 +229,26 @@ def test_bulk_on_the_local_backend_submits_one_by_one(run_grid, batch):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "bulk: the local backend submits one job at a time" in result.stdout
     assert len(list((batch / "succeeded").iterdir())) == 3
+
+
+def test_an_outage_costs_a_bundle_none_of_its_tries_and_it_stays_one_bundle(batch):
+    class Outage(BundlingBackend):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.down = 3 * grid.SUBMIT_ATTEMPTS
+
+        def submit_bundle(self, specs, tags):
+            if self.down:
+                self.down -= 1
+                raise grid.ServerUnreachable("[Errno 111] Connection refused")
+            return super().submit_bundle(specs, tags)
+
+    backend = Outage()
+    engine = bulk_engine(batch, [f"n{i}" for i in range(6)], backend)
+    jobs = engine.run()
+    engine.store.close()
+    text = engine.display.out.getvalue()
+    assert backend.bundles == [6]                          # not broken up into single jobs
+    assert "(try" not in text and "not accepted" not in text
+    assert text.count("server unreachable since") == 1 and text.count("server reachable again") == 1
+    assert_each_job_once(backend, jobs, 6)

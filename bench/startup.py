@@ -1,13 +1,18 @@
-"""Start-up: `grid.py --help` and `grid.py status` against `python -c pass`, side by side.
+"""Start-up: `grid --help`, `grid status` and `grid watch` against `python -c pass`, side by side.
 
-    python bench/startup.py [--rounds N]
+    python bench/startup.py [--rounds N] [--against OLD_GRID_PY]
 
 Runs each command N times (default 9), the commands taking turns so that the machine's noise falls
 on all of them alike, and prints the median of each and its ratio to `python -c pass`. `status`
-reads a batch of 100 jobs made here. Fails if `--help` or `status` imports DIRAC (checked with
-`python -X importtime`, which names every module a process imports).
+reads a batch of 100 jobs made here; `watch` starts the engine on a local batch of 100 jobs, all
+Done and downloaded, so it returns as soon as it has started (gevent patched, the engine built).
+Fails if `--help` or `status` imports DIRAC or gevent (checked with `python -X importtime`, which
+names every module a process imports). With --against (e.g. `git show main~5:grid.py > /tmp/old.py`),
+the same commands of that grid.py take their turns too, so before and after come from one run.
 """
 import argparse
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,45 +26,76 @@ sys.path.insert(0, str(ROOT))
 import grid  # noqa: E402
 
 
-def make_batch(batch: Path, n: int = 100) -> None:
+def make_batch(batch: Path, n: int = 100, backend: str = "dirac", status: str = grid.RUNNING) -> None:
     store = grid.Store.open(batch, "submit", create=True)
-    jobs = [grid.Job(num=i, name=f"job-{i}", status=grid.RUNNING, dirac_id=1000 + i, ids=[1000 + i])
+    jobs = [grid.Job(num=i, name=f"job-{i}", status=status, dirac_id=1000 + i, ids=[1000 + i])
             for i in range(1, n + 1)]
-    store.create_batch({"tag": "grid-startup", "backend": "dirac"}, jobs, [b""] * n)
+    for job in jobs:
+        if status == grid.DONE:
+            job.output = job.output_folder()
+            (batch / job.output).mkdir(parents=True)
+    store.create_batch({"tag": "grid-startup", "backend": backend}, jobs, [b""] * n)
     store.close()
+
+
+def entry_point(path: Path) -> list:
+    """The `grid` command as installed (console script): it imports grid.py, from cached bytecode."""
+    if path.name != "grid.py":                 # an old version saved under another name
+        folder = Path(tempfile.mkdtemp(prefix="grid-bench-old-"))
+        shutil.copy(path, folder / "grid.py")
+        path = folder / "grid.py"
+    code = f"import sys; sys.path.insert(0, {str(path.parent)!r}); import grid; sys.exit(grid.main())"
+    subprocess.run([sys.executable, "-c", code, "--version"], check=True, capture_output=True, env=ENV)
+    return [sys.executable, "-c", code]
+
+
+# As users run it: Python keeps compiled modules (a test runner's PYTHONDONTWRITEBYTECODE would make
+# every start compile grid.py's 3,600 lines again).
+ENV = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
 
 
 def wall(argv: list, cwd: Path) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    subprocess.run(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=ENV)
     return time.perf_counter() - start
 
 
-def imports_dirac(argv: list, cwd: Path) -> bool:
+def imported(argv: list, cwd: Path, package: str) -> bool:
     done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=cwd, capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, env=ENV)
     modules = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
-    return any(name == "DIRAC" or name.startswith("DIRAC.") for name in modules)
+    return any(name == package or name.startswith(package + ".") for name in modules)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--against", metavar="GRID_PY", help="another grid.py to time side by side")
     args = parser.parse_args()
     python = sys.executable
     commands = {
         "python -c pass": [python, "-c", "pass"],
         "python -c 'import gevent, plyvel'": [python, "-c", "import gevent, plyvel"],
-        "grid.py --help": [python, str(GRID), "--help"],
-        "grid.py status (100 jobs)": [python, str(GRID), "status"],
     }
+    grids = [("grid", GRID)] + ([("old grid", Path(args.against).resolve())] if args.against else [])
+    for label, path in grids:
+        command = entry_point(path)
+        commands.update({
+            f"{label} --help": [*command, "--help"],
+            f"{label} status (100 jobs)": [*command, "status"],
+            f"{label} watch (engine start, local)": [*command, "-C", "done", "watch"],
+        })
+        commands[f"python {label.replace('grid', 'grid.py')} --help"] = [python, str(path), "--help"]
     with tempfile.TemporaryDirectory(prefix="grid-bench-startup-") as tmp:
         batch = Path(tmp)
         make_batch(batch)
-        for name in ("grid.py --help", "grid.py status (100 jobs)"):
-            if imports_dirac(commands[name], batch):
-                print(f"FAIL: {name} imports DIRAC")
-                return 1
+        (batch / "done").mkdir()
+        make_batch(batch / "done", backend="local", status=grid.DONE)
+        for name in ("grid --help", "grid status (100 jobs)"):
+            for package in ("DIRAC", "gevent"):
+                if imported(commands[name], batch, package):
+                    print(f"FAIL: {name} imports {package}")
+                    return 1
         times: dict = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, argv in commands.items():
@@ -70,7 +106,9 @@ def main() -> int:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:36} {median * 1000:7.0f} ms {min(values) * 1000:6.0f} ms {median / base:6.2f}x")
-    print("DIRAC imported by grid.py --help or status: no")
+    print("DIRAC or gevent imported by grid --help or status: no")
+    print("grid: as the installed `grid` command runs it (grid.py imported from cached bytecode); "
+          "`python grid.py` compiles the whole module first")
     return 0
 
 

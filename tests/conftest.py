@@ -10,6 +10,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))          # helpers.py, 
 from helpers import ROOT, grid_cmd  # noqa: E402
 
 sys.path.insert(0, str(ROOT))                                      # grid.py itself
+import grid  # noqa: E402
+
+grid.use_gevent()                  # the tests' own greenlets run patched, as the engine's commands do
 
 
 @pytest.fixture

@@ -156,6 +156,9 @@ NOT_STARTED_STATUS = 1000            # exit status DIRAC's Script module gives a
 JOB_TAG_ATTRIBUTE = "GridPyJob"      # JDL attribute "<batch tag>.<local number>.<attempt>"
 CLEANING_CHECK_EVERY = 3600.0        # seconds between looks at every job's age (a batch may hold 100,000)
 CLIENTS_MAX_AGE = 600.0              # seconds a thread reuses its DIRAC clients and SSL context
+CALL_DEADLINE = 120.0                # seconds a DIRAC call may go unanswered (DISET's least; its default: 600)
+CALL_DEADLINE_SPARE = 60.0           # ... then the engine gives up on it too (retries, connecting)
+FIND_PARALLEL = 8                    # job descriptions read at once while looking for cut submissions
 BUNDLE_LIMIT_FALLBACK = 20           # jobs per parametric job when the server's limit cannot be read
                                      # (DIRAC's own default for JobManager/MaxParametricJobs)
 # Proxy: submitting starts only if the proxy outlasts the estimate below; watching pauses while it is
@@ -176,7 +179,8 @@ SYSTEMATIC_MIN = 5                   # ... at least this often is not retried au
 FOOTER_REFRESH = 0.5                 # seconds between redraws of the live footer
 RATE_WINDOW = 300.0                  # seconds of finished jobs the live footer's rate looks at
 CREATE_CHUNK = 1000                  # jobs per write while a new batch is written
-STORE_FORMAT = 2                     # 1: job records as JSON objects (0.1.0); 2: marshal'd tuples
+STORE_FORMAT = 3                     # 1: job records as JSON objects (0.1.0); 2: marshal'd tuples;
+                                     # 3: marshal'd tuples with the lists (history, ...) apart
 NEW_DB_PREFIX = "new-db-"            # .grid/new-db-<pid>: a batch being created, moved to .grid/db when whole
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
@@ -335,6 +339,7 @@ class Job:
     # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
               "history", "output", "error", "download_tries", "intent", "past", "ended")
+    LISTS = ("ids", "history", "past")           # stored apart, decoded only by who needs them
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -344,16 +349,32 @@ class Job:
         return cls(**{f: data[f] for f in cls.FIELDS if f in data})
 
     def to_record(self) -> bytes:
-        """The stored form: a tuple of plain values in FIELDS order, in Python's marshal format
-        (version 4, read by every Python 3 since 3.4). `status` of 100,000 jobs reads every record,
-        and marshal reads one several times faster than JSON."""
-        return marshal.dumps(tuple(getattr(self, f) for f in self.FIELDS), 4)
+        """The stored form (store format 3): a tuple of plain values in FIELDS order, in Python's
+        marshal format (version 4, read by every Python 3 since 3.4), with the lists in their places
+        None and all three marshal'd once more at the end. `status` of 100,000 jobs reads every
+        record: marshal reads one several times faster than JSON, and the lists (most of a record's
+        objects once a job has a history) only when they are asked for."""
+        values = tuple(None if f in self.LISTS else getattr(self, f) for f in self.FIELDS)
+        return marshal.dumps(values + (marshal.dumps(tuple(getattr(self, f) for f in self.LISTS), 4),), 4)
 
     @classmethod
     def from_record(cls, raw: bytes) -> "Job":
         if raw[:1] == b"{":                  # store format 1: a JSON object
             return cls.from_dict(json.loads(raw))
-        return cls(*marshal.loads(raw))
+        values = marshal.loads(raw)
+        if not isinstance(values[-1], bytes):
+            return cls(*values)              # store format 2: the lists in their places
+        job = cls(*values[:-1])
+        job.ids, job.history, job.past = marshal.loads(values[-1])
+        return job
+
+    @classmethod
+    def row_of_record(cls, raw: bytes) -> tuple:
+        """A stored job as a tuple in FIELDS order, the lists None in store format 3, perhaps short of
+        the newest fields: a third of the cost of a Job, for readers of every job (`status`)."""
+        if raw[:1] == b"{":
+            return tuple(getattr(cls.from_record(raw), f) for f in cls.FIELDS)
+        return marshal.loads(raw)
 
     @property
     def submitted(self) -> bool:
@@ -605,6 +626,13 @@ class Store:
             jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
             return {job.num: job for job in jobs}
 
+    def job(self, num: int) -> Job:
+        return Job.from_record(self.db.get(job_key(num)))
+
+    def job_rows(self) -> Iterator[tuple]:
+        """Every job as Job.row_of_record gives it, by number."""
+        return map(Job.row_of_record, self.db.iterator(prefix=b"job/", include_key=False))
+
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
 
@@ -836,7 +864,7 @@ def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
     if sandbox:
         sandbox.setValue(";".join(inputs))
     group = workflow.findParameter("JobGroup")
-    if not group or not group.getValue():
+    if not group or group.getValue() in ("", getattr(job, "group", "")):   # unset, or DIRAC's default (the VO)
         job.setJobGroup(batch_tag)     # so the batch's jobs can be found on the server again
     outputs = workflow.findParameter("OutputSandbox")
     name_param = workflow.findParameter("JobName")
@@ -908,8 +936,9 @@ class Backend:
     def status(self, ids: list[int]) -> dict[int, JobState]:
         raise NotImplementedError
 
-    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
-        """The ids of jobs the server accepted with these tags: {tag: id}."""
+    def find(self, tags: list[str], groups: list[str], known: set[int], since: float = 0.0) -> dict[str, int]:
+        """The ids of jobs the server accepted with these tags: {tag: id}; none was submitted before
+        `since` (unix time: the batch's creation)."""
         raise NotImplementedError
 
     def bundle_limit(self) -> int:
@@ -1068,15 +1097,20 @@ class DiracClients:
             context = getM2SSLContext(**probe.kwargs)
             # DIRAC's own client classes (they map keyword arguments to the service's), each
             # making every call through one kept RPCClient: Client._getRPC's `rpc`, always given.
-            self.job_manager = kept_rpc(JobManagerClient, RPCClient(JOB_MANAGER, ctx=context))
-            self.monitoring = kept_rpc(JobMonitoringClient, RPCClient(JOB_MONITORING, ctx=context))
+            # Every call has a deadline (a DISET socket timeout): an answer that does not come is
+            # an outage to wait out, never a hang.
+            options = {"ctx": context, "timeout": CALL_DEADLINE}
+            self.job_manager = kept_rpc(JobManagerClient, RPCClient(JOB_MANAGER, **options))
+            self.monitoring = kept_rpc(JobMonitoringClient, RPCClient(JOB_MONITORING, **options))
             self.wms = WMSClient(jobManagerClient=self.job_manager,
-                                 sbRPCClient=RPCClient(SANDBOX_STORE, ctx=context),
-                                 sbTransferClient=TransferClient(SANDBOX_STORE, ctx=context))
+                                 sbRPCClient=RPCClient(SANDBOX_STORE, **options),
+                                 sbTransferClient=TransferClient(SANDBOX_STORE, **options))
             self.sandbox = self.wms.sandboxClient
         else:
-            self.job_manager, self.monitoring = JobManagerClient(), JobMonitoringClient()
-            self.wms, self.sandbox = WMSClient(jobManagerClient=self.job_manager), SandboxStoreClient()
+            options = {"timeout": CALL_DEADLINE}
+            self.job_manager, self.monitoring = JobManagerClient(**options), JobMonitoringClient(**options)
+            self.wms = WMSClient(jobManagerClient=self.job_manager, **options)
+            self.sandbox = SandboxStoreClient(**options)
 
     def stale(self, credentials: tuple) -> bool:
         return credentials != self.credentials or time.monotonic() - self.born > CLIENTS_MAX_AGE
@@ -1102,6 +1136,26 @@ def speaks_dips(service: str) -> bool:
         return bool(urls) and not useLegacyAdapter(service) and all(u.startswith("dips://") for u in urls)
     except Exception:                  # noqa: BLE001  any doubt: DIRAC's usual clients
         return False
+
+
+DIRAC_TESTED = "9.1"                 # what the dirac backend is tested with (tests/lab); setup.cfg: DIRAC>=9
+
+
+def require_dirac_version(version: str) -> None:
+    """The dirac backend needs DIRAC 9 (ZstdCompatibleTarFile, getJobsStates, ...); with DIRAC 8 only the
+    local backend works. Say so before the first call instead of failing at the first download."""
+    major = re.match(r"v?(\d+)", version or "")
+    if major and int(major.group(1)) < 9:
+        raise BackendError(f"DIRAC {version} is installed; the dirac backend needs DIRAC 9 or later "
+                           f"(tested with {DIRAC_TESTED})", "install it: pip install 'DIRAC>=9', or use a "
+                           "DIRAC 9 environment; `--backend local` works with DIRAC 8 too")
+
+
+def proxy_user() -> str:
+    """The proxy's DIRAC user name (the Owner of the jobs it submits), '' if unknown."""
+    from DIRAC.Core.Security.ProxyInfo import getProxyInfo
+    proxy = getProxyInfo(disableVOMS=True)
+    return str(proxy["Value"].get("username", "")) if proxy["OK"] else ""
 
 
 def credentials_stamp() -> tuple:
@@ -1134,6 +1188,7 @@ class DiracBackend(Backend):
             raise BackendError(f"cannot import DIRAC ({e})",
                                "install it or source your DIRAC environment (e.g. `lb-dirac`)") from None
         quiet_dirac_logs(DIRAC.gLogger)
+        require_dirac_version(getattr(DIRAC, "__version__", ""))
         proxy = getProxyInfo(disableVOMS=True)
         if not proxy["OK"]:
             raise BackendError(f"no grid proxy: {proxy['Message']}",
@@ -1231,18 +1286,31 @@ class DiracBackend(Backend):
                 self.reported[job_id] = state
         return states
 
-    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
-        # The batch's jobs share a JobGroup; only jobs we do not know yet need their JDL read.
+    def find(self, tags: list[str], groups: list[str], known: set[int], since: float = 0.0) -> dict[str, int]:
+        """The batch's jobs share a JobGroup (a batch made before 0.2 may share DIRAC's default, the
+        VO's name, with every job of the VO): only this user's jobs of the group updated since the
+        batch was created (an hour to spare for clocks) and not known yet have their JDL read, several
+        at once, each with its deadline."""
+        from concurrent.futures import ThreadPoolExecutor
         self._require_proxy()
-        clients, wanted, found = self._clients(), set(tags), {}
+        monitoring, wanted, found = self._clients().monitoring, set(tags), {}
+        cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 3600)) if since else None
+        owner = proxy_user()
+        unknown = []
         for group in groups:
-            for job_id in map(int, self._value(clients.monitoring.getJobs({"JobGroup": group}), "job search")):
-                if job_id in known:
-                    continue
-                jdl = self._value(clients.monitoring.getJobJDL(job_id, True), "job description")
-                match = TAG_PATTERN.search(jdl)
-                if match and match.group(1) in wanted:
-                    found.setdefault(match.group(1), job_id)
+            condition = {"JobGroup": group, **({"Owner": owner} if owner else {})}
+            ids = self._value(monitoring.getJobs(condition, cut), "job search") or []
+            unknown += [job_id for job_id in map(int, ids) if job_id not in known]
+
+        def tag_of(job_id: int) -> Optional[str]:
+            jdl = self._value(self._clients().monitoring.getJobJDL(job_id, True), "job description")
+            match = TAG_PATTERN.search(jdl)
+            return match.group(1) if match else None
+
+        with ThreadPoolExecutor(FIND_PARALLEL, thread_name_prefix="grid-find") as pool:
+            for job_id, tag in zip(unknown, pool.map(tag_of, unknown)):
+                if tag in wanted:
+                    found.setdefault(tag, job_id)
         self._confirm(list(found.values()))
         return found
 
@@ -1404,7 +1472,7 @@ class LocalBackend(Backend):
              "input_sandbox": spec.input_sandbox, "output_sandbox": spec.output_sandbox}).encode())
         return job_id
 
-    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
+    def find(self, tags: list[str], groups: list[str], known: set[int], since: float = 0.0) -> dict[str, int]:
         wanted, found = set(tags), {}
         for entry in sorted(os.listdir(self.root), key=lambda e: int(e) if e.isdigit() else 0):
             if not entry.isdigit() or int(entry) in known:
@@ -1781,9 +1849,19 @@ class Engine:
         return result
 
     def blocking(self, fn: Callable, *args: Any) -> Any:
+        """fn in the threadpool. Its DIRAC calls have their own deadline (CALL_DEADLINE); a call that
+        still has not returned well after it (DIRAC retrying, connecting) is an outage here, and its
+        thread is left to end by itself. Not a submission: its retry must not look for the job on
+        the server while the first try may still be placing it there."""
         if not self.backend.threaded:
             return fn(*args)
-        ok, value = self.threadpool.spawn(outcome, fn, *args).get()
+        call = self.threadpool.spawn(outcome, fn, *args)
+        deadline = None if fn in (self.backend.submit, self.backend.submit_bundle) else \
+            CALL_DEADLINE + CALL_DEADLINE_SPARE
+        try:
+            ok, value = call.get(timeout=deadline)
+        except gevent.Timeout:
+            raise ServerUnreachable(f"{getattr(fn, '__name__', 'call')}: no answer within {deadline:g} s") from None
         if not ok:
             raise value
         return value
@@ -2026,6 +2104,9 @@ class Engine:
     def reconcile(self) -> None:
         """After a crash, adopt the jobs the server accepted before their ids were stored."""
         in_doubt = {job.intent: job for job in self.jobs.values() if job.intent and not job.submitted}
+        if in_doubt:
+            self.display.message(f"resuming: {len(in_doubt)} submission(s) were cut short earlier; "
+                                 "looking for them on the server before submitting anything")
         failures = 0
         while in_doubt and not self.stopping.is_set():
             try:
@@ -2048,7 +2129,7 @@ class Engine:
         groups = sorted({match.group(1).strip() for job in jobs
                          for match in [GROUP_PATTERN.search(self.store.spec(job.num).jdl)] if match})
         known = {job_id for job in self.jobs.values() for job_id in job.ids}
-        return self.call(self.backend.find, [job.intent for job in jobs], groups, known)
+        return self.call(self.backend.find, [job.intent for job in jobs], groups, known, self.meta.get("created", 0.0))
 
     def submit_one(self, job: Job) -> None:
         """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
@@ -2878,26 +2959,41 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
+    if not args.json:
+        return print_status_lines(batch_dir)
     with Store.snapshot(batch_dir) as store:
         meta, jobs = store.meta(), store.jobs()
-    ordered = [jobs[n] for n in sorted(jobs)]
+    ordered = list(jobs.values())                                  # by number, as stored
     counts = column_counts(j.status for j in ordered)
-    at_risk, left = outputs_at_risk(ordered, meta.get("backend", ""), time.time())
+    warn_outputs_at_risk(ordered, meta)
+    with gc_paused():                   # one string, one write: json.dump() writes piece by piece
+        document = json.dumps({"batch": str(batch_dir), "tag": meta.get("tag"),
+                               "backend": meta.get("backend"), "summary": dict(zip(COLUMN_NAMES, counts)),
+                               "jobs": [status_record(j) for j in ordered]})
+    sys.stdout.write(document + "\n")
+    return EXIT_OK
+
+
+def print_status_lines(batch_dir: Path) -> int:
+    """The summary line and a line per job, from the stored rows: `status` of 100,000 jobs is mostly
+    this loop, and making Job objects (with their histories) would cost twice as much again."""
+    counts, lines, unfetched = [0] * len(COLUMNS), [], []
+    with Store.snapshot(batch_dir) as store, gc_paused():
+        meta = store.meta()
+        for num, name, status, minor, _, site, dirac_id, _, _, _, output, *_ in store.job_rows():
+            counts[column_of(status)] += 1
+            lines.append(f"#{num}\t{dirac_id or '-'}\t{name}\t{status}\t{minor or '-'}\t{site or '-'}\t{output or '-'}")
+            if dirac_id and not output and is_final(status):
+                unfetched.append(num)
+        warn_outputs_at_risk([store.job(num) for num in unfetched], meta)
+    sys.stdout.write("\n".join([summary_line(counts), *lines]) + "\n")
+    return EXIT_OK
+
+
+def warn_outputs_at_risk(jobs: list[Job], meta: dict) -> None:
+    at_risk, left = outputs_at_risk(jobs, meta.get("backend", ""), time.time())
     if at_risk:                          # on stderr: loud on a terminal, out of the way of a pipe
         print(f"grid: warning: {cleaning_warning(at_risk, left, meta['backend'])}", file=sys.stderr)
-    if args.json:
-        with gc_paused():               # one string, one write: json.dump() writes piece by piece
-            document = json.dumps({"batch": str(batch_dir), "tag": meta.get("tag"),
-                                   "backend": meta.get("backend"), "summary": dict(zip(COLUMN_NAMES, counts)),
-                                   "jobs": [status_record(j) for j in ordered]})
-        sys.stdout.write(document + "\n")
-        return EXIT_OK
-    out = [summary_line(counts)]
-    for job in ordered:
-        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
-                              job.minor or "-", job.site or "-", job.output or "-"]))
-    sys.stdout.write("\n".join(out) + "\n")
-    return EXIT_OK
 
 
 def status_record(job: Job) -> dict:

@@ -39,7 +39,7 @@ class InstantBackend(grid.Backend):
         job_id, self.next_id = self.next_id, self.next_id + 1
         return job_id
 
-    def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
+    def find(self, tags: list[str], groups: list[str], known: set[int], since: float = 0.0) -> dict[str, int]:
         return {}
 
     def status(self, ids: list[int]) -> dict[int, grid.JobState]:

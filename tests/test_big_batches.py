@@ -124,3 +124,34 @@ def test_job_files_submitting_thousands_of_jobs_are_read_back_in_order(batch):
     assert [specs[0].name, specs[-1].name] == ["n0", "n2999"]
     assert [spec.steps[0][1] for spec in specs] == [str(i) for i in range(3000)]
     assert specs.names == [f"n{i}" for i in range(3000)]
+
+
+def test_records_of_every_store_format_show_the_same_in_status_and_warn_from_their_history(batch, run_grid):
+    """Store format 3 keeps a job's lists apart (status decodes only the rest); format 2 records (some
+    from before `ended` existed) and JSON ones of format 1 are read alike, side by side."""
+    (batch / ".grid").mkdir()
+    write_format_1_batch(batch)
+    long_ago = 1.0                                            # ended (by its history) long ago
+    jobs = [grid.Job(num=3, name="two", status="Failed", minor="Job stalled", site="LCG.X.ch", dirac_id=73,
+                     ids=[70, 73], attempts=2, history=[["Submitting", 1.0], ["Failed", long_ago]]),
+            grid.Job(num=4, name="three", status="Waiting", dirac_id=74, ids=[74], history=[["Waiting", 5.0]],
+                     past=[{"id": 9, "status": "Failed"}])]
+    db = plyvel.DB(str(batch / ".grid" / "db"))
+    db.put(grid.job_key(3), grid.marshal.dumps(tuple(getattr(jobs[0], f) for f in grid.Job.FIELDS[:-1]), 4))
+    db.put(grid.job_key(4), jobs[1].to_record())
+    for job in jobs:
+        db.put(grid.spec_key(job.num), grid.JobSpec(job.name, "[]", "", [], [], []).to_bytes())
+    db.put(b"meta", json.dumps({"tag": "grid-old", "backend": "dirac", "format": 2}).encode())
+    db.close()
+    result = run_grid("status")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["S:   0\tR:   0\tW:   1\tM:   0\tR:   1\tD:   1\tF:   1",
+                                          "#1\t71\told-1\tRunning\t-\t-\t-",
+                                          "#2\t72\told-2\tDone\t-\t-\tsucceeded/x",
+                                          "#3\t73\ttwo\tFailed\tJob stalled\tLCG.X.ch\t-",
+                                          "#4\t74\tthree\tWaiting\t-\t-\t-"]
+    assert "outputs of 1 job(s) not downloaded yet" in result.stderr and "may be gone already" in result.stderr
+    data = json.loads(run_grid("status", "--json").stdout)["jobs"]
+    assert [(j["ids"], j["history"], j["past"]) for j in data[2:]] == \
+        [([70, 73], [["Submitting", 1.0], ["Failed", 1.0]], []), ([74], [["Waiting", 5.0]], [{"id": 9, "status": "Failed"}])]
+    assert grid.Job.from_record(jobs[1].to_record()) == jobs[1]

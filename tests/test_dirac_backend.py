@@ -118,3 +118,28 @@ def test_status_warns_loudly_about_outputs_the_server_will_soon_delete(run_grid,
     assert result.stdout.splitlines()[0].startswith("S:   0")
     data = json.loads(run_grid("status", "--json").stdout)
     assert abs(data["jobs"][0]["ended"] - (now - 6.5 * 86400)) < 1
+
+
+def test_dirac_8_is_refused_at_connect_time_with_what_to_install():
+    for version in ("8.0.86", "v8r0p86", "7.3.2"):
+        with pytest.raises(grid.BackendError) as refused:
+            grid.require_dirac_version(version)
+        assert f"DIRAC {version} is installed; the dirac backend needs DIRAC 9" in refused.value.message
+        assert "pip install 'DIRAC>=9'" in refused.value.fix and refused.value.exit_code == grid.EXIT_BACKEND
+    for version in ("9.1.22", "10.0.0", ""):
+        grid.require_dirac_version(version)                  # the version tested, a newer one, unknown
+
+
+
+def test_the_batch_tag_replaces_diracs_default_job_group_but_not_the_users_own():
+    """DIRAC's Job() puts the proxy's VO in JobGroup: left there, finding a batch's cut submissions would
+    read the description of every job of the VO on the server."""
+    job_class = grid.import_dirac_job()
+    default, own = job_class(), job_class()
+    for job in (default, own):
+        job.group = "labvo"                              # what Job() takes from a proxy of the VO labvo
+        job.setJobGroup("labvo")
+        job.setExecutable("true")
+    own.setJobGroup("my-analysis")
+    specs = [grid.job_spec(job, grid.Path("jobs.py"), 1, "grid-b-1234") for job in (default, own)]
+    assert [grid.GROUP_PATTERN.search(spec.jdl).group(1) for spec in specs] == ["grid-b-1234", "my-analysis"]

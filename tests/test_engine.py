@@ -35,7 +35,7 @@ class ScriptedBackend(grid.Backend):
         self.server[self.next_id] = tag
         return self.next_id
 
-    def find(self, tags, groups, known):
+    def find(self, tags, groups, known, since=0.0):
         return {tag: job_id for job_id, tag in self.server.items() if tag in tags and job_id not in known}
 
     def status(self, ids):

@@ -142,6 +142,7 @@ DEFAULT_BACKEND = "dirac"
 DEFAULT_PARALLEL = 64                # concurrent submissions (bench/submit.py: 2x the rate of 16 at 50 ms)
 DOWNLOAD_PARALLEL = 8                # concurrent output downloads
 BULK_STATUS_MAX = 1000               # job ids per status call (DIRAC answers thousands cheaply)
+SWEEP_PARALLEL = 10                  # status calls of one sweep in flight at once (a service has 15 threads)
 INTERVAL = {"dirac": 20.0, "local": 0.2}   # seconds between status sweeps
 BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
@@ -1807,7 +1808,8 @@ class Engine:
         self.jobs_final = sum(1 for job in self.jobs.values() if is_final(job.status))
         self.jobs_downloaded = sum(1 for job in self.jobs.values() if job.output)
         self.threadpool = gevent.get_hub().threadpool
-        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
+        self.sweep_parallel = SWEEP_PARALLEL
+        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + SWEEP_PARALLEL + 2)
         self.to_submit: "gevent.queue.Queue" = gevent.queue.Queue()
         self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
         self.downloads: "gevent.queue.Queue" = gevent.queue.Queue()
@@ -2332,12 +2334,27 @@ class Engine:
             self.stopping.wait(self.interval)
 
     def sweep(self) -> None:
-        """Ask about every job that is not final, in calls of at most BULK_STATUS_MAX ids; none, no call."""
+        """Ask about every job that is not final, in calls of at most BULK_STATUS_MAX ids, up to
+        sweep_parallel of them at once (100,000 open jobs are 100 calls); none, no call. Each answer
+        is applied as it comes; a failed call ends the sweep (the monitor retries it)."""
         if not self.jobs_in_progress:      # only downloads left: not even a look at the jobs
             return
         active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
-        for chunk in chunks(active, BULK_STATUS_MAX):
-            self.apply(self.call(self.backend.status, chunk))
+        pool = gevent.pool.Pool(self.sweep_parallel)
+        try:
+            for ok, states in pool.imap_unordered(self.status_of, chunks(active, BULK_STATUS_MAX)):
+                if not ok:
+                    raise states
+                self.apply(states)
+        finally:
+            pool.kill()                    # after a failure: the other answers are not waited for
+
+    def status_of(self, ids: list[int]) -> tuple[bool, Any]:
+        """(True, states) or (False, the CallFailed): a greenlet that raises would print its traceback."""
+        try:
+            return True, self.call(self.backend.status, ids)
+        except CallFailed as e:
+            return False, e
 
     def apply(self, states: dict[int, JobState]) -> None:
         changed = []

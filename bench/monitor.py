@@ -1,10 +1,14 @@
 """Monitoring cost: server calls per status sweep, and what a sweep costs on a real DIRAC WMS.
 
-    python bench/monitor.py [--jobs 2500] [--no-lab] [--keep-lab]
+    python bench/monitor.py [--jobs 2500] [--no-lab] [--keep-lab] [--call-seconds 0.4]
 
 1. Counts (no server): batches of 1, 1000, 2500 and 10,000 jobs, every third one final, one sweep of
    grid.py's engine each, against a backend that counts its status calls; then a sweep with nothing
    left to watch. Expected: ceil(open jobs / 1000) calls, zero when nothing is open.
+   Then the time of one sweep of 10,000 and of 100,000 open jobs against a backend whose every
+   status call takes --call-seconds (0.4 s: a DISET call is about 7 round trips, 50 ms each, plus
+   the server's work), in DIRAC's threads as a real one: the calls one after another (as before,
+   sweep_parallel 1) and through the engine's bounded pool (SWEEP_PARALLEL), side by side.
 2. The lab (tests/lab, needs root): --jobs jobs submitted with grid.py, JobAgent stopped; a third
    driven to Done; 50 ms round trip (lab.sh wan on). In one process inside the lab, grid.py's
    sweeps of the batch, each with its DISET calls counted where DIRAC makes them (InnerRPCClient),
@@ -71,6 +75,49 @@ def print_counts(results: list) -> bool:
         ok &= len(r["calls"]) == r["expected"] and r["calls_when_all_final"] == 0
     print("calls = ceil(open / 1000), none when nothing is open:", "yes" if ok else "NO")
     return ok
+
+
+class SlowBackend(CountingBackend):
+    """Every status call takes `seconds` in a thread of the pool, as a DISET call does."""
+
+    name = "slow"
+    threaded = True
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def status(self, ids):
+        time.sleep(self.seconds)
+        return super().status(ids)
+
+
+def sweep_times(total: int, root: Path, seconds: float) -> dict:
+    """Wall time of one sweep of `total` open jobs, calls one after another and through the pool."""
+    batch = root / f"sweep-{total}"
+    batch.mkdir()
+    store = grid.Store.open(batch, "watch", create=True)
+    jobs = (grid.Job(num=i, name=f"j{i}", status=grid.RUNNING, dirac_id=i, ids=[i]) for i in range(1, total + 1))
+    store.create_batch({"tag": "grid-sweep", "backend": "slow"}, jobs, (b"" for _ in range(total)))
+    backend = SlowBackend(seconds)
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    result = {"open": engine.jobs_in_progress}
+    for label, parallel in (("one after another", 1), ("pool", grid.SWEEP_PARALLEL)):
+        engine.sweep_parallel = parallel
+        backend.calls.clear()
+        start = time.perf_counter()
+        engine.sweep()
+        result[label] = (time.perf_counter() - start, len(backend.calls))
+    store.close()
+    return result
+
+
+def print_sweep_times(results: list, seconds: float) -> None:
+    print(f"\none sweep, every status call {seconds:g} s (in DIRAC's threads); pool of {grid.SWEEP_PARALLEL}")
+    print(f"{'open jobs':>10} {'calls':>6} {'one after another':>18} {'pool':>8} {'faster':>7}")
+    for r in results:
+        (before, calls), (after, _) = r["one after another"], r["pool"]
+        print(f"{r['open']:>10} {calls:>6} {before:>16.2f} s {after:>6.2f} s {before / after:>6.1f}x")
 
 
 # -------------------------------------------------------------------------------- inside the lab
@@ -165,6 +212,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2500, help="jobs submitted to the lab (default 2500)")
     parser.add_argument("--no-lab", action="store_true", help="only the counts, no DIRAC server")
     parser.add_argument("--keep-lab", action="store_true", help="leave the lab up afterwards")
+    parser.add_argument("--call-seconds", type=float, default=0.4, help="seconds per status call of the "
+                        "sweep timing (default 0.4)")
     parser.add_argument("--client", nargs=2, metavar=("BATCH", "PHASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
@@ -172,6 +221,8 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="grid-bench-count-") as tmp:
         ok = print_counts([counted_sweeps(n, Path(tmp)) for n in (1, 1000, 2500, 10_000)])
+        print_sweep_times([sweep_times(n, Path(tmp), args.call_seconds) for n in (10_000, 100_000)],
+                          args.call_seconds)
     if not args.no_lab:
         on_the_lab(args.jobs, args.keep_lab)
     return 0 if ok else 1

@@ -145,3 +145,53 @@ def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch)
     store.close()
     assert [name for name, _ in fake.calls] == ["getJobsStates"]
     assert [(j.status, j.site) for j in engine.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]
+
+
+class ThreadedBackend(CountingBackend):
+    """Status calls in DIRAC's threads, as the dirac backend's: counts how many are in flight at once;
+    the call for `failing` ids fails as an error reply does."""
+
+    threaded = True
+
+    def __init__(self, failing: int = 0) -> None:
+        super().__init__()
+        self.in_flight = self.most = 0
+        self.failing = failing
+        self.lock = grid.threading.Lock()
+
+    def status(self, ids):
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            grid.time.sleep(0.05)
+            if self.failing in ids:
+                raise grid.CallFailed("status query: the service said no")
+            return super().status(ids)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_a_sweep_sends_its_calls_at_once_through_a_bounded_pool(batch):
+    store = batch_with(batch, [grid.RUNNING] * 20_000)              # 20 calls of 1000
+    backend = ThreadedBackend()
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep()
+    store.close()
+    assert len(backend.calls) == 20 and sorted(i for call in backend.calls for i in call) == \
+        list(range(5001, 25001))
+    assert backend.most == grid.SWEEP_PARALLEL                         # at once, never more
+
+
+def test_a_failed_call_ends_the_sweep_as_one_error_and_the_answers_before_it_count(batch, capsys):
+    store = batch_with(batch, [grid.WAITING] * 3000)
+    backend = ThreadedBackend(failing=5000 + 2500)                      # the third call fails
+    backend.ending = frozenset(range(5001, 6001))                       # the first call's jobs ended
+    engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
+    engine.sweep_parallel = 1                                           # in order: first, second, third
+    with pytest.raises(grid.CallFailed, match="the service said no"):
+        engine.sweep()
+    store.close()
+    assert engine.column_totals[grid.column_of(grid.DONE)] == 1000     # applied as it came
+    assert "Traceback" not in capsys.readouterr().err                   # no greenlet's traceback printed

@@ -144,7 +144,7 @@ def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch)
     engine.sweep()
     store.close()
     assert [name for name, _ in fake.calls] == ["getJobsStates"]
-    assert [(j.status, j.site) for j in engine.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]
+    assert [(j.status, j.site) for j in engine.batch.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]
 
 
 class ThreadedBackend(CountingBackend):
@@ -193,5 +193,5 @@ def test_a_failed_call_ends_the_sweep_as_one_error_and_the_answers_before_it_cou
     with pytest.raises(grid.CallFailed, match="the service said no"):
         engine.sweep()
     store.close()
-    assert engine.column_totals[grid.column_of(grid.DONE)] == 1000     # applied as it came
+    assert engine.batch.column_totals[grid.column_of(grid.DONE)] == 1000     # applied as it came
     assert "Traceback" not in capsys.readouterr().err                   # no greenlet's traceback printed

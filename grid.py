@@ -1153,6 +1153,31 @@ def require_dirac_version(version: str) -> None:
                            "DIRAC 9 environment; `--backend local` works with DIRAC 8 too")
 
 
+def in_threads(fn: Callable, items: list, threads: int) -> list:
+    """[fn(item) for item in items], the items shared among a few real threads (this runs in a thread
+    of gevent's pool already: no greenlets, and no concurrent.futures, whose queue gevent patches);
+    the first exception is raised once all are done."""
+    results: list = [None] * len(items)
+    errors: list = []
+
+    def work(start: int) -> None:
+        for index in range(start, len(items), threads):
+            try:
+                results[index] = fn(items[index])
+            except Exception as e:          # noqa: BLE001  handed to the caller below
+                errors.append(e)
+                return
+
+    workers = [threading.Thread(target=work, args=(start,), daemon=True) for start in range(min(threads, len(items)))]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def proxy_user() -> str:
     """The proxy's DIRAC user name (the Owner of the jobs it submits), '' if unknown."""
     from DIRAC.Core.Security.ProxyInfo import getProxyInfo
@@ -1293,7 +1318,6 @@ class DiracBackend(Backend):
         VO's name, with every job of the VO): only this user's jobs of the group updated since the
         batch was created (an hour to spare for clocks) and not known yet have their JDL read, several
         at once, each with its deadline."""
-        from concurrent.futures import ThreadPoolExecutor
         self._require_proxy()
         monitoring, wanted, found = self._clients().monitoring, set(tags), {}
         cut = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(since - 3600)) if since else None
@@ -1309,10 +1333,9 @@ class DiracBackend(Backend):
             match = TAG_PATTERN.search(jdl)
             return match.group(1) if match else None
 
-        with ThreadPoolExecutor(FIND_PARALLEL, thread_name_prefix="grid-find") as pool:
-            for job_id, tag in zip(unknown, pool.map(tag_of, unknown)):
-                if tag in wanted:
-                    found.setdefault(tag, job_id)
+        for job_id, tag in zip(unknown, in_threads(tag_of, unknown, FIND_PARALLEL)):
+            if tag in wanted:
+                found.setdefault(tag, job_id)
         self._confirm(list(found.values()))
         return found
 

@@ -3678,11 +3678,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser(
         "watch", help="resume watching and downloading",
         description="Follow the batch's jobs, log every status change, download outputs of final jobs "
-        "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
+        "into succeeded/ and failed/; submit jobs a stopped `submit` left (submissions a crash cut "
+        "short are first looked for on the server, and a line says so). On a terminal a live footer "
         "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
         "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
         "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
-        "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
+        "waited out, and so is a call unanswered for 3 minutes; an expired grid proxy pauses everything "
+        "until a fresh one appears; outputs still "
         "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
     watch.set_defaults(func=cmd_watch)

@@ -11,6 +11,7 @@ names every module a process imports). With --against (e.g. `git show main~5:gri
 the same commands of that grid.py take their turns too, so before and after come from one run.
 """
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
@@ -26,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 import grid  # noqa: E402
 
 
-def make_batch(batch: Path, n: int = 100, backend: str = "dirac", status: str = grid.RUNNING) -> None:
+def make_batch(batch: Path, n: int = 100, backend: str = "dirac", status: str = grid.RUNNING,
+               grid=grid) -> None:
+    """A batch written by `grid` (this module, or an older one: each reads its own store format)."""
     store = grid.Store.open(batch, "submit", create=True)
     jobs = [grid.Job(num=i, name=f"job-{i}", status=status, dirac_id=1000 + i, ids=[1000 + i])
             for i in range(1, n + 1)]
@@ -36,6 +39,13 @@ def make_batch(batch: Path, n: int = 100, backend: str = "dirac", status: str = 
             (batch / job.output).mkdir(parents=True)
     store.create_batch({"tag": "grid-startup", "backend": backend}, jobs, [b""] * n)
     store.close()
+
+
+def load(path: Path):
+    spec = importlib.util.spec_from_file_location("grid_old", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def entry_point(path: Path) -> list:
@@ -79,18 +89,21 @@ def main() -> int:
     }
     grids = [("grid", GRID)] + ([("old grid", Path(args.against).resolve())] if args.against else [])
     for label, path in grids:
-        command = entry_point(path)
+        command, folder = entry_point(path), label.replace(" ", "-")
         commands.update({
             f"{label} --help": [*command, "--help"],
-            f"{label} status (100 jobs)": [*command, "status"],
-            f"{label} watch (engine start, local)": [*command, "-C", "done", "watch"],
+            f"{label} status (100 jobs)": [*command, "-C", folder, "status"],
+            f"{label} watch (engine start, local)": [*command, "-C", f"{folder}/done", "watch"],
         })
         commands[f"python {label.replace('grid', 'grid.py')} --help"] = [python, str(path), "--help"]
     with tempfile.TemporaryDirectory(prefix="grid-bench-startup-") as tmp:
         batch = Path(tmp)
-        make_batch(batch)
-        (batch / "done").mkdir()
-        make_batch(batch / "done", backend="local", status=grid.DONE)
+        for label, path in grids:
+            module = grid if path == GRID else load(path)
+            folder = batch / label.replace(" ", "-")
+            (folder / "done").mkdir(parents=True)
+            make_batch(folder, grid=module)
+            make_batch(folder / "done", backend="local", status=grid.DONE, grid=module)
         for name in ("grid --help", "grid status (100 jobs)"):
             for package in ("DIRAC", "gevent"):
                 if imported(commands[name], batch, package):

@@ -31,8 +31,8 @@ class Lines:
         self.reader.start()
 
     def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append((time.monotonic() - self.started, line.rstrip("\n")))
+        for line in iter(stream.readline, b""):
+            self.lines.append((time.monotonic() - self.started, line.decode(errors="replace").rstrip("\n")))
 
     def first(self, pattern: str):
         return next(((t, line) for t, line in self.lines if re.search(pattern, line)), None)
@@ -62,7 +62,7 @@ def test_resume_after_a_sigkill_with_submissions_in_flight_is_prompt_bounded_and
     in_doubt = sum(1 for job in status(batch)["jobs"] if not job["id"])
 
     watch = dirac_lab.popen(grid_cmd("watch", "--interval", "60"), cwd=batch, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT)
     out = Lines(watch)
     try:
         done = wait_until(lambda: all(j["id"] for j in status(batch)["jobs"]), 900, "every job submitted",

@@ -26,6 +26,21 @@ Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors
 Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
 """
 
+import os
+import signal
+import sys
+
+
+def interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while Python imports gevent, plyvel and the rest (a few tenths of a second): nothing
+    has been done yet, so say so in one line instead of a traceback of the import machinery."""
+    sys.stderr.write("grid: interrupted while starting; nothing was done\n")
+    sys.stderr.flush()
+    os._exit(130)                              # EXIT_INTERRUPTED, defined below
+
+
+IMPORT_TIME_SIGINT = signal.signal(signal.SIGINT, interrupted_while_starting)   # put back at the end
+
 # gevent first. DIRAC's DISET client does its TLS I/O inside M2Crypto's C code, which no monkey
 # patch can make cooperative: under a full patch_all() every DIRAC call would block the process.
 # So threads stay real (thread=False): DIRAC calls run in gevent's threadpool and overlap, while
@@ -70,15 +85,12 @@ import io  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import marshal  # noqa: E402
-import os  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -791,8 +803,8 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool) 
     namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": job_class}
     try:
         exec(code, namespace)
-    except JobFileError:
-        raise
+    except (JobFileError, KeyboardInterrupt):
+        raise                                        # Ctrl-C is no mistake in the job file
     except SystemExit as e:
         if e.code not in (None, 0):
             raise JobFileError(f"{path}: exited with {e.code}; nothing was submitted") from None
@@ -1863,7 +1875,8 @@ class Engine:
                 workers[0].join()
         finally:
             for handler in handlers:
-                handler.cancel()
+                handler.cancel()              # libev leaves SIG_DFL behind: Ctrl-C would kill silently
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
             self.display.close(self)
@@ -2452,14 +2465,30 @@ class Display:
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
         self.last_summary: Optional[str] = None
+        self.closed = False                       # the reader of out went away
+        self.stop_engine: Optional[Callable[[], None]] = None
         encoding = (getattr(self.out, "encoding", None) or "").lower()
         self.arrow = "→" if encoding.startswith("utf") else "->"
 
     def write(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.output_closed()
+
+    def output_closed(self) -> None:
+        """The reader went away (`grid watch | head`): nobody follows the run, so it stops as on
+        Ctrl-C (state is kept), silently."""
+        silence(self.out)
+        self.closed = True
+        if self.stop_engine:
+            self.stop_engine()
 
     def start(self, engine: Engine) -> None:
+        self.stop_engine = engine.stop
+        if self.closed:
+            engine.stop()
         self.summary(engine.counts())
 
     def close(self, engine: Engine) -> None:
@@ -2585,6 +2614,15 @@ def render_footer(p: Progress, width: int, color: bool) -> str:
 
 def visible_length(text: str) -> int:
     return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+def silence(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null: Python's flush at exit would meet the
+    closed pipe again and print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def make_display(json_lines: bool = False, out: Any = None) -> Display:
@@ -3354,7 +3392,10 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grid", description="Submit, watch and download DIRAC grid jobs concurrently. "
-        "A directory is a batch: run the commands from it (or name it with -C).")
+        "A directory is a batch: run the commands from it (or name it with -C).",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 job file, 4 batch, 5 backend, 6 not every job "
+        "Done, 130 interrupted (Ctrl-C at any moment, with one line saying what was kept; or a closed "
+        "output pipe of submit/watch). Output cut by a closed pipe otherwise ends quietly.")
     parser.add_argument("--version", action="version", version=f"grid.py {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-C", dest="batch", default=".", metavar="DIR",
@@ -3386,7 +3427,8 @@ def build_parser() -> argparse.ArgumentParser:
         "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
         "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
         "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
-        "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
+        "every job is Done, 6 if not. Ctrl-C stops (exit 130), and so does a closed output pipe; state is "
+        "kept. A server outage is one line and is "
         "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
         "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
@@ -3534,12 +3576,14 @@ def positive_float(text: str) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EXIT_USAGE
+    args = None
     try:
+        quiet_interrupts()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
         return args.func(args)
     except GridError as e:
         if args.debug:
@@ -3548,18 +3592,40 @@ def main(argv: Optional[list[str]] = None) -> int:
         if e.fix:
             print(f"grid: fix: {e.fix}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:              # the reader went away (`| head`): end quietly, as cat does
+        silence(sys.stdout)
+        return EXIT_OK
     except OSError as e:                 # disk full, permissions: the system's words, no traceback
         if args.debug:
             traceback.print_exc()
         print(f"grid: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("grid: interrupted; state is kept, `grid watch` resumes", file=sys.stderr)
+        print(f"grid: {interruption_note(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        sys.stderr.close()
-        return EXIT_OK
 
+
+def quiet_interrupts() -> None:
+    """Ctrl-C while gevent's loop runs outside the engine (a sleep, a wait for a thread) is raised in
+    the loop first, which prints it as a crash before handing it on to main(): it is no crash."""
+    from gevent.hub import Hub
+    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
+
+
+def interruption_note(args: Optional[argparse.Namespace]) -> str:
+    """The one true line after Ctrl-C outside the engine (the engine says its own)."""
+    if args is None or not getattr(args, "command", None):
+        return "interrupted; nothing was done"
+    stored = (Path(args.batch) / STATE_DIR / "db").is_dir()
+    if args.command == "submit" and (args.dry_run or not stored):
+        return "interrupted before anything was submitted; nothing was stored"
+    if args.command in ("submit", "watch", "resubmit"):
+        return "interrupted; state is kept, `grid watch` resumes"
+    return "interrupted"
+
+
+signal.signal(signal.SIGINT, IMPORT_TIME_SIGINT or signal.default_int_handler)   # imports are done
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,141 @@
+"""The command-line boundary as a new user meets it: closed pipes, Ctrl-C at any moment, --json
+that stays JSON, errors that say what is wrong, refusals that protect, and one line per job
+whatever the job is called. Everything runs `grid` as a user would, on the local backend."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import grid
+from helpers import grid_cmd, write
+
+
+def jobs_file(folder: Path, count: int, command: str = "true", name: str = "job-{i}",
+              before_each: str = "") -> Path:
+    """A job file with `count` jobs running `command` in /bin/sh; `before_each` runs in the loop."""
+    return write(folder / "jobs.py", f"""
+import time
+for i in range({count}):
+    {before_each or 'pass'}
+    j = Job()
+    j.setName({name!r}.format(i=i))
+    j.setExecutable('/bin/sh', arguments={('-c ' + repr(command))!r})
+    submit(j)
+""")
+
+
+def status_of(run_grid) -> dict:
+    result = run_grid("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# -- a closed pipe ends quietly --------------------------------------------------------------------
+
+def read_first_line_then_close(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """`grid ARGS | head -1`: read one line, close the pipe, let grid run on."""
+    process = subprocess.Popen(grid_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=120)
+    return subprocess.CompletedProcess(args, process.returncode, first.decode(), stderr)
+
+
+def test_dry_run_cut_by_a_closed_pipe_ends_quietly(batch):
+    jobs = jobs_file(batch, 400)                        # far more than a pipe holds: grid must meet the close
+    result = read_first_line_then_close("submit", "--backend", "local", "--dry-run", jobs, cwd=batch)
+    assert result.stdout.startswith("dry run: 400 job(s)")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""                           # no "Broken pipe", no "Exception ignored"
+
+
+def test_watch_cut_by_a_closed_pipe_stops_quietly_and_keeps_the_state(batch, run_grid):
+    jobs = jobs_file(batch, 3, "echo hi")
+    result = read_first_line_then_close("submit", "--backend", "local", "--interval", "0.2", jobs, cwd=batch)
+    assert "3 job(s) from" in result.stdout
+    assert result.stderr == "" and result.returncode == grid.EXIT_INTERRUPTED
+    again = run_grid("watch", "--interval", "0.2")     # nobody read on: `watch` takes over
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert status_of(run_grid)["summary"]["Done"] == 3
+
+
+# -- Ctrl-C at any moment: exit 130 and one true line -----------------------------------------------
+
+def started_python_code(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until grid.py runs its own imports (gevent's greenlet is loaded): a Ctrl-C before that meets
+    Python's own start-up, which grid.py cannot answer for."""
+    deadline = time.monotonic() + timeout
+    maps = Path(f"/proc/{process.pid}/maps")
+    while "greenlet" not in maps.read_text():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+def interrupt(batch: Path, jobs: Path, after: float, wait_for: Path = None) -> subprocess.CompletedProcess:
+    """Start `grid submit`, press Ctrl-C `after` seconds after grid.py started (or after wait_for
+    appeared), and collect what it said."""
+    process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2", jobs),
+                               cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started_python_code(process)
+    deadline = time.monotonic() + 60
+    while wait_for and not wait_for.exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(after)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+INTERRUPTION = re.compile(r"interrupted|stopping")
+
+
+def assert_one_true_line(result: subprocess.CompletedProcess, batch: Path, run_grid) -> str:
+    """Exit 130, no traceback, one line about the interruption, and that line true of the batch."""
+    said = result.stdout + result.stderr
+    assert result.returncode == grid.EXIT_INTERRUPTED, said
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said, said
+    lines = [line for line in said.splitlines() if INTERRUPTION.search(line)]
+    assert len(lines) == 1, said
+    line = lines[0]
+    if (batch / ".grid" / "db").is_dir():
+        assert "state is kept" in line and "`grid watch` resumes" in line, said
+        assert status_of(run_grid)["jobs"]                # and it is: the batch is there
+        run_grid("kill", "--all", "--yes")
+    else:
+        assert "nothing was done" in line or "nothing was stored" in line, said
+        assert run_grid("watch").returncode == grid.EXIT_BATCH      # indeed no batch
+    return line
+
+
+def test_ctrl_c_at_any_moment_exits_130_with_one_true_line(batch, run_grid, tmp_path):
+    said = []
+    for n, after in enumerate((0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 1.6, 2.5, 4.0)):
+        here = tmp_path / f"run{n}"
+        here.mkdir()
+        jobs = jobs_file(here, 20, "sleep 1", before_each="time.sleep(0.05)")
+        said.append(assert_one_true_line(interrupt(here, jobs, after), here,
+                                         lambda *a: run_grid(*a, cwd=here)))
+    assert len(set(said)) >= 2                          # the sweep met more than one moment
+
+
+def test_ctrl_c_while_the_job_file_runs_is_an_interruption_not_a_job_file_error(batch, run_grid):
+    marker = batch / "in-the-loop"
+    jobs = jobs_file(batch, 200, before_each=f"time.sleep(0.02); i == 3 and open({str(marker)!r}, 'w')")
+    result = interrupt(batch, jobs, 0.05, wait_for=marker)
+    line = assert_one_true_line(result, batch, run_grid)
+    assert "fix the job file" not in result.stderr
+    assert line == "grid: interrupted before anything was submitted; nothing was stored"
+
+
+def test_ctrl_c_while_watching_says_state_is_kept_and_watch_resumes(batch, run_grid):
+    jobs = jobs_file(batch, 3, "sleep 2")
+    result = interrupt(batch, jobs, 0.5, wait_for=batch / ".grid" / "db")
+    assert_one_true_line(result, batch, run_grid)

@@ -2625,11 +2625,24 @@ def silence(stream: Any) -> None:
         os.close(devnull)
 
 
+def json_lines_out() -> Any:
+    """--json: stdout for the JSON lines alone. What else would go to stdout from now on (the job
+    files' prints, DIRAC's log lines, child processes) goes to stderr: fd 1 becomes a copy of fd 2,
+    and the JSON lines get a descriptor of their own on the original stdout."""
+    try:
+        sys.stdout.flush()
+        json_fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):            # no real stdout (embedded, captured): nothing to split
+        return sys.stdout
+    return os.fdopen(json_fd, "w", encoding="utf-8")
+
+
 def make_display(json_lines: bool = False, out: Any = None) -> Display:
     """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
-    out = out or sys.stdout
     if json_lines:
-        return JsonDisplay(out)
+        return JsonDisplay(out or json_lines_out())
+    out = out or sys.stdout
     if out.isatty() and os.environ.get("TERM", "") != "dumb":
         return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
     return Display(out)
@@ -2651,6 +2664,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.dry_run and holds_batch(batch_dir):
         raise BatchError(f"{batch_dir} already holds a batch",
                          "resume it with `grid watch`, or submit from a new directory")
+    display = make_display(args.json)       # first: with --json, the job files' prints go to stderr
     tag = new_batch_tag(batch_dir)
     with contextlib.chdir(batch_dir):
         specs = load_job_files(args.jobfiles, tag)
@@ -2670,7 +2684,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
-        display = make_display(args.json)
         display.message(f"{len(specs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
                         f"on the {args.backend} backend")
         specs.close()
@@ -2712,9 +2725,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     store = Store.open(batch_dir, "watch")
     try:
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        return run_engine(store, backend, make_display(args.json), batch_dir, args, watch=True)
+        return run_engine(store, backend, display, batch_dir, args, watch=True)
     finally:
         store.close()
 
@@ -2801,9 +2815,9 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
         if not chosen:
             print("no failed job to resubmit")
             return EXIT_OK
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        display = make_display(args.json)
 
         def resubmit_chosen(engine: Engine) -> None:
             for job in chosen:
@@ -3551,7 +3565,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         "for good, since not all can be done (all-done); or at the first failure, "
                         "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
     parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line and event, instead of text")
+                        help="one JSON object per line and event, instead of text; stdout carries "
+                        "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
 
 
 def positive_int(text: str) -> int:

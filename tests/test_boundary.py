@@ -139,3 +139,25 @@ def test_ctrl_c_while_watching_says_state_is_kept_and_watch_resumes(batch, run_g
     jobs = jobs_file(batch, 3, "sleep 2")
     result = interrupt(batch, jobs, 0.5, wait_for=batch / ".grid" / "db")
     assert_one_true_line(result, batch, run_grid)
+
+
+# -- --json: stdout is JSON lines and nothing else ---------------------------------------------------
+
+def test_json_output_is_json_lines_when_the_job_file_prints_and_dirac_logs(batch, run_grid):
+    jobs = write(batch / "jobs.py", """
+import os, warnings
+print("making the jobs")
+os.system("echo from a child process")
+warnings.warn("careful")
+j = Job()
+j.setName("hi")
+j.setExecutable("echo hi")
+submit(j)
+""")
+    result = run_grid("submit", "--backend", "local", "--json", "--interval", "0.2", jobs,
+                      env={"GRID_DIRAC_LOGLEVEL": "DEBUG"})          # DIRAC logs what it does
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]   # every line is JSON
+    assert events[-1]["event"] == "result" and events[-1]["done"] == 1
+    for said in ("making the jobs", "from a child process", "careful", "DEBUG"):
+        assert said in result.stderr                      # nothing lost: it is all on stderr

@@ -2812,6 +2812,12 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             job = not_final[0]
             raise UsageError(f"job #{job.num} is {job.status}, not final: it cannot be resubmitted yet",
                              f"wait for it, or `grid kill {job.num}` first")
+        done = [j for j in chosen if not j.failed]
+        if done and not args.force:
+            named = " ".join(f"#{j.num}" for j in done[:10]) + (" ..." if len(done) > 10 else "")
+            raise UsageError(f"{len(done)} job(s) named succeeded ({named}): resubmit is for failed jobs",
+                             "add --force to run them again anyway (their outputs move to "
+                             f"{RETRIED_DIR}/)")
         if not chosen:
             print("no failed job to resubmit")
             return EXIT_OK
@@ -2863,7 +2869,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
                   "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
             return EXIT_OK
-        engine = Engine(store, backend, Display(), batch_dir)
+        engine = Engine(store, backend, Display(io.StringIO()), batch_dir)   # one summary, not a line per job
         for job in unsent:
             engine.transition(engine.jobs[job.num], JobState(KILLED, "Killed before submission"))
         if on_server:
@@ -2891,7 +2897,7 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
         confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        engine = Engine(store, backend, Display(), batch_dir)
+        engine = Engine(store, backend, Display(io.StringIO()), batch_dir)   # one summary, not a line per job
         ids = [j.dirac_id for j in chosen]
         try:
             engine.call(backend.reschedule, ids)
@@ -3460,11 +3466,14 @@ def build_parser() -> argparse.ArgumentParser:
         "resubmit", help="submit failed jobs again, as new DIRAC jobs",
         description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
         "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
-        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
+        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/. A Done job "
+        "is refused unless --force is given.")
     resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     resubmit.add_argument("--all", action="store_true", help="every failed job")
     resubmit.add_argument("--reason", metavar="TEXT",
                           help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    resubmit.add_argument("--force", action="store_true",
+                          help="also resubmit jobs named by number that are Done")
     resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
     add_engine_options(resubmit)
     resubmit.set_defaults(func=cmd_resubmit)

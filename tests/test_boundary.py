@@ -161,3 +161,33 @@ submit(j)
     assert events[-1]["event"] == "result" and events[-1]["done"] == 1
     for said in ("making the jobs", "from a child process", "careful", "DEBUG"):
         assert said in result.stderr                      # nothing lost: it is all on stderr
+
+
+# -- refusals and summaries ------------------------------------------------------------------------
+
+def test_resubmit_of_a_done_job_is_refused_without_force(batch, run_grid):
+    job_pair = write(batch / "jobs.py", """
+j = Job(); j.setName("works"); j.setExecutable("/bin/true"); submit(j)
+j = Job(); j.setName("breaks"); j.setExecutable("/bin/false"); submit(j)
+""")
+    assert run_grid("submit", "--backend", "local", "--interval", "0.2", job_pair).returncode == 6
+    refused = run_grid("resubmit", "1", "2", "--no-watch")
+    assert refused.returncode == grid.EXIT_USAGE
+    assert refused.stderr.splitlines() == [
+        "grid: error: 1 job(s) named succeeded (#1): resubmit is for failed jobs",
+        "grid: fix: add --force to run them again anyway (their outputs move to retried/)"]
+    assert [job["attempts"] for job in status_of(run_grid)["jobs"]] == [1, 1]     # nothing resubmitted
+    assert "--force" in run_grid("resubmit", "--help").stdout
+    forced = run_grid("resubmit", "1", "--force", "--interval", "0.2")
+    assert forced.returncode == grid.EXIT_JOBS_FAILED, forced.stderr            # #2 is still failed
+    works = status_of(run_grid)["jobs"][0]
+    assert works["attempts"] == 2 and works["status"] == "Done"
+
+
+def test_kill_all_of_150_jobs_prints_one_summary(batch, run_grid):
+    jobs = jobs_file(batch, 150, "sleep 60")
+    assert run_grid("submit", "--backend", "local", "--no-watch", jobs, timeout=300).returncode == 0
+    result = run_grid("kill", "--all", "--yes", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["killed 150 job(s); `grid watch` downloads what they left"]
+    assert status_of(run_grid)["summary"]["Failed"] == 150                  # Killed counts as failed

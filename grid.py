@@ -84,7 +84,9 @@ import glob  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import functools  # noqa: E402
 import marshal  # noqa: E402
+import pwd  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
@@ -490,6 +492,59 @@ def spec_key(num: int) -> bytes:
     return b"spec/%09d" % num
 
 
+def plyvel_errors_converted(method: Callable) -> Callable:
+    """A Store method whose plyvel errors (a disk full, a folder made read-only meanwhile) become
+    the program's own: the store is the only code that touches plyvel, so they are converted here."""
+
+    @functools.wraps(method)
+    def converted(store: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(store, *args, **kwargs)
+        except plyvel.Error as e:
+            raise database_error(e, store.state_dir) from None
+
+    return converted
+
+
+def database_error(error: Exception, state_dir: Path) -> GridError:
+    """What a plyvel error means for the user, and the fix. LevelDB says "IO error: <file>:
+    Permission denied" for a file it may not open, the LOCK file included, and "IO error: lock
+    <file>: ..." when another process holds the lock."""
+    text = plyvel_message(error)
+    denied = re.search(r"IO error: (?:lock )?(.+): Permission denied", text)
+    if denied:
+        path = Path(denied.group(1))
+        if not path.is_relative_to(state_dir):       # a snapshot's link to the batch's own file
+            path = state_dir / "db" / path.name
+        return BatchError(f"cannot use the batch database: permission denied on {path}",
+                          permission_fix(path, state_dir))
+    if re.search(r"IO error: lock |already held by process", text):
+        return BatchInUse(f"the batch in {state_dir.parent} is in use by {describe_owner(state_dir)}",
+                          "wait for it to finish or stop it (Ctrl-C); `grid status` works meanwhile")
+    if isinstance(error, plyvel.CorruptionError):
+        return BatchError(f"the batch database is damaged: {text}",
+                          f"repair it with: python -c \"import plyvel; "
+                          f"plyvel.repair_db('{state_dir / 'db'}')\"")
+    return BatchError(f"cannot use the batch database in {state_dir / 'db'}: {text}",
+                      f"check the disk and the permissions of {state_dir}")
+
+
+def permission_fix(path: Path, state_dir: Path) -> str:
+    """Whose the file is decides the fix: the owner makes it writable again, anyone else asks them."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        uid = state_dir.stat().st_uid if state_dir.exists() else os.getuid()
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"uid {uid}"
+    if uid == os.geteuid():
+        return f"give yourself access to the batch's state again: `chmod -R u+rwX {shlex.quote(str(state_dir))}`"
+    return (f"the batch belongs to {owner}: run grid as {owner}, or work on a copy of the batch "
+            "directory; `grid status` needs only read access")
+
+
 class Store:
     """The batch's job database; the only code that touches plyvel."""
 
@@ -522,26 +577,21 @@ class Store:
         except PermissionError as e:
             raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
                              "submit from a directory you can write to") from None
-        except plyvel.IOError as e:
-            if "lock" in str(e).lower():
-                raise BatchInUse(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
-                                 "wait for it to finish or stop it (Ctrl-C); "
-                                 "`grid status` works meanwhile") from None
-            raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
-                             f"check the permissions of {state_dir}") from None
-        except plyvel.CorruptionError as e:
-            raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
-                             f"repair it with: python -c \"import plyvel; "
-                             f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
-        if not create and db.get(b"meta") is None:
-            db.close()                   # a `submit` killed before it stored the jobs: nothing was sent
-            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
-                             "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+        except plyvel.Error as e:
+            raise database_error(e, state_dir) from None
+        store = cls(db, state_dir, owned=False, path=path)
+        try:
+            if not create and not store.meta():  # a `submit` killed before it stored the jobs: none sent
+                raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                                 "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+            if not create:
+                store.check_format(upgrade=True)
+        except GridError:
+            store.close()
+            raise
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
-        store = cls(db, state_dir, owned=True, path=path)
-        if not create:
-            store.check_format(upgrade=True)
+        store.owned = True
         return store
 
     @classmethod
@@ -559,6 +609,9 @@ class Store:
                     copy_leveldb(source, copy)
                     db = plyvel.DB(str(copy))
                     break
+                except PermissionError as e:
+                    raise BatchError(f"cannot read the batch database: permission denied on {e.filename}",
+                                     permission_fix(Path(e.filename), source.parent)) from None
                 except (OSError, plyvel.Error):   # a compaction moved files under us: copy again
                     shutil.rmtree(copy, ignore_errors=True)
                     time.sleep(0.05 * (attempt + 1))
@@ -572,6 +625,7 @@ class Store:
             finally:
                 db.close()
 
+    @plyvel_errors_converted
     def close(self) -> None:
         if not self.db.closed:
             self.db.close()
@@ -581,6 +635,7 @@ class Store:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
 
+    @plyvel_errors_converted
     def check_format(self, upgrade: bool = False) -> None:
         """Refuse a batch written by a newer grid.py; with upgrade, mark an older one as now written
         in this format (its records are read either way, and rewritten as jobs change)."""
@@ -596,20 +651,24 @@ class Store:
 
     # -- reading ----------------------------------------------------------------------------------
 
+    @plyvel_errors_converted
     def meta(self) -> dict:
         raw = self.db.get(b"meta")
         return json.loads(raw) if raw else {}
 
+    @plyvel_errors_converted
     def jobs(self) -> dict[int, Job]:
         with gc_paused():
             jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
             return {job.num: job for job in jobs}
 
+    @plyvel_errors_converted
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
 
     # -- writing: everything that belongs together goes in one write batch -----------------------
 
+    @plyvel_errors_converted
     def create_batch(self, meta: dict, jobs: Iterable[Job], specs: Iterable["JobSpec | bytes"]) -> None:
         """Write a new batch (specs as JobSpec or as JobSpec.to_bytes()), then put it in place whole."""
         pairs = zip(jobs, specs)
@@ -629,6 +688,7 @@ class Store:
             self.path = self.state_dir / "db"
             self.db = plyvel.DB(str(self.path))
 
+    @plyvel_errors_converted
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
         with self.db.write_batch(transaction=True, sync=sync) as batch:
@@ -692,9 +752,11 @@ def describe_owner(state_dir: Path) -> str:
     try:
         owner = json.loads((state_dir / "owner").read_text())
         since = time.strftime("%H:%M:%S", time.localtime(owner["since"]))
-        return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
-    except (OSError, ValueError, KeyError):
-        return "another grid command"
+        if process_alive(int(owner["pid"])):         # a killed command leaves its file behind
+            return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "another grid command"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -3370,7 +3432,7 @@ def batch_record(path: Path, root: Path) -> dict:
     try:
         with Store.snapshot(path) as store:
             meta, jobs = store.meta(), store.jobs()
-    except (GridError, OSError, plyvel.Error, ValueError) as e:
+    except (GridError, OSError, ValueError) as e:
         record["error"] = getattr(e, "message", None) or str(e)
         return record
     counts = column_counts(job.status for job in jobs.values())

@@ -191,3 +191,68 @@ def test_kill_all_of_150_jobs_prints_one_summary(batch, run_grid):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["killed 150 job(s); `grid watch` downloads what they left"]
     assert status_of(run_grid)["summary"]["Failed"] == 150                  # Killed counts as failed
+
+
+# -- errors that say what is wrong ---------------------------------------------------------------
+
+def without_root_override() -> None:
+    """In the child, before exec: even root meets file permissions (CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH leave its bounding set, so the exec'd grid does not have them)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        libc.prctl(24, capability, 0, 0, 0)              # PR_CAPBSET_DROP
+
+
+def run_as_a_user(batch: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(grid_cmd(*args), cwd=batch, capture_output=True, text=True, timeout=120,
+                          preexec_fn=without_root_override)
+
+
+@pytest.fixture
+def stored_batch(batch, run_grid) -> Path:
+    """A batch of one job on the local backend, submitted and never watched."""
+    jobs = jobs_file(batch, 1, "echo hi")
+    assert run_grid("submit", "--backend", "local", "--no-watch", jobs).returncode == 0
+    return batch
+
+
+def test_a_permission_problem_on_the_database_is_not_reported_as_in_use(stored_batch):
+    state = stored_batch / ".grid"
+    (state / "owner").write_text(json.dumps({"pid": 999999, "command": "watch", "since": 1}))  # killed
+    (state / "db" / "LOCK").chmod(0o444)
+    result = run_as_a_user(stored_batch, "watch")
+    assert result.returncode == grid.EXIT_BATCH
+    assert result.stderr.splitlines() == [
+        f"grid: error: cannot use the batch database: permission denied on {state}/db/LOCK",
+        f"grid: fix: give yourself access to the batch's state again: `chmod -R u+rwX {state}`"]
+
+
+def test_an_unreadable_database_file_is_one_error_and_a_fix_for_every_command(stored_batch):
+    tables = list((stored_batch / ".grid" / "db").glob("*.ldb"))
+    assert tables
+    for table in tables:
+        table.chmod(0)
+    for command in (["watch"], ["status"], ["kill", "--all", "--yes"]):
+        result = run_as_a_user(stored_batch, *command)
+        assert result.returncode == grid.EXIT_BATCH, (command, result.stderr)
+        error, fix = result.stderr.splitlines()
+        assert error.startswith("grid: error: cannot use the batch database: permission denied on "
+                                f"{stored_batch}/.grid/db/0") and error.endswith(".ldb")
+        assert fix.startswith("grid: fix: give yourself access")
+
+
+def test_a_dead_process_is_never_named_as_holding_the_batch(stored_batch, run_grid):
+    state = stored_batch / ".grid"
+    holder = subprocess.Popen([sys.executable, "-c", "import plyvel, sys, time; db = plyvel.DB(sys.argv[1]); "
+                               "print('open', flush=True); time.sleep(60)", str(state / "db")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        (state / "owner").write_text(json.dumps({"pid": 999999, "command": "watch", "since": 1}))
+        result = run_grid("watch")
+        assert result.returncode == grid.EXIT_BATCH
+        assert "is in use by another grid command" in result.stderr and "999999" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()

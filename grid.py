@@ -762,11 +762,16 @@ def describe_owner(state_dir: Path) -> str:
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()                       # a disk full or a folder in the way leaves nothing behind
+        raise
 
 
 # ==================================================================================================
@@ -3358,9 +3363,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         if target == "-":
             sys.stdout.write(text)
         elif target:
-            atomic_write(Path(target), text.encode())
+            write_export(Path(target), text)
             print(f"{len(ordered)} job(s) written to {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def write_export(path: Path, text: str) -> None:
+    """Write the user's file whole or not at all; a failure names their file, not the temporary one.
+    A device or a named pipe (/dev/stdout, a FIFO) is written to, never replaced by a file."""
+    if path.is_dir():
+        raise GridError(f"cannot write {path}: it is a folder", f"give a file name, e.g. {path / 'jobs.csv'}")
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "w") as f:
+                f.write(text)
+        else:
+            atomic_write(path.resolve() if path.is_symlink() else path, text.encode())
+    except OSError as e:
+        why = "no such folder" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        raise GridError(f"cannot write {path}: {why}",
+                        "give a file in a folder that exists and that you can write to, "
+                        "or '-' for the terminal") from None
 
 
 def jobs_csv(jobs: list[Job]) -> str:

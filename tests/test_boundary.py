@@ -256,3 +256,30 @@ def test_a_dead_process_is_never_named_as_holding_the_batch(stored_batch, run_gr
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_export_errors_name_the_users_file_and_give_a_fix(stored_batch, run_grid, tmp_path):
+    target = tmp_path / "no-such-folder" / "jobs.csv"
+    result = run_grid("export", "--csv", target)
+    assert result.returncode == grid.EXIT_ERROR
+    assert result.stderr.splitlines() == [
+        f"grid: error: cannot write {target}: no such folder",
+        "grid: fix: give a file in a folder that exists and that you can write to, or '-' for the terminal"]
+    folder = run_grid("export", "--json", tmp_path)
+    assert folder.stderr.splitlines()[0] == f"grid: error: cannot write {tmp_path}: it is a folder"
+    assert folder.stderr.splitlines()[1].startswith("grid: fix: give a file name")
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_export_into_a_named_pipe_writes_to_it_and_leaves_it_a_pipe(stored_batch, run_grid, tmp_path):
+    pipe = tmp_path / "jobs.pipe"
+    os.mkfifo(pipe)
+    reader = subprocess.Popen(["cat", str(pipe)], stdout=subprocess.PIPE, text=True)
+    try:
+        result = run_grid("export", "--csv", pipe, timeout=30)
+        assert result.returncode == 0, result.stderr
+        assert reader.communicate(timeout=30)[0].startswith("num,name,status")
+        assert pipe.is_fifo()
+    finally:
+        reader.kill()
+        reader.wait()

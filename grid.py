@@ -1734,6 +1734,17 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
         # links, devices and fifos are not extracted: they could point outside the folder
 
 
+def read_umask() -> int:
+    """The process's umask: it can only be read by setting it, so this runs once, at import, before
+    any thread could create a file meanwhile."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()
+
+
 def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
     """Fetch a final job's output into its folder, atomically; returns the folder (relative)."""
     relative = job.output_folder()
@@ -1745,6 +1756,7 @@ def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", dir=tmp_root))
     try:
         backend.fetch_output(job.dirac_id, tmp)
+        tmp.chmod(0o777 & ~UMASK)            # mkdtemp's 0700 is for .grid/tmp; the folder is the user's
         final.parent.mkdir(exist_ok=True)
         os.rename(tmp, final)
     finally:

@@ -283,3 +283,17 @@ def test_export_into_a_named_pipe_writes_to_it_and_leaves_it_a_pipe(stored_batch
     finally:
         reader.kill()
         reader.wait()
+
+
+# -- output folders honour the umask ---------------------------------------------------------------
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_output_folders_honour_the_umask(batch, umask, mode):
+    jobs = jobs_file(batch, 1, "echo hi")
+    result = subprocess.run(grid_cmd("submit", "--backend", "local", "--interval", "0.2", jobs), cwd=batch,
+                            capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(umask))
+    assert result.returncode == 0, result.stderr
+    folder = batch / "succeeded" / "00001_job-0"
+    assert (folder / "std.out").read_text() == "hi\n"
+    assert folder.stat().st_mode & 0o777 == mode
+    assert (batch / "succeeded").stat().st_mode & 0o777 == mode

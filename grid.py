@@ -474,6 +474,20 @@ def exit_code(job: Job) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def exit_meaning(code: int) -> str:
+    """An exit status as a person reads it: a negative one is the signal that ended the step
+    (Python's and DIRAC's way of saying so: -11 is SIGSEGV)."""
+    if code == NOT_STARTED_STATUS:
+        return f"none: the step could not be started (DIRAC reports {code})"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return str(code)
+
+
 # ==================================================================================================
 # Store
 # ==================================================================================================
@@ -3129,7 +3143,9 @@ def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, 
         sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
         examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
         more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
-        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+        code = exit_code(members[0])
+        killed = [f"       exit:  {exit_meaning(code)}"] if code is not None and code < 0 else []
+        lines += ["", f"{len(members):5d}  {reason}", *killed, f"       sites: {sites}",
                   f"       jobs:  {examples}{more}",
                   f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
     return lines
@@ -3162,10 +3178,8 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields = [("status", f"{job.status} since {when(since)}"), ("minor", job.minor or "-"),
               ("application", job.app or "-")]
     code = exit_code(job)
-    if code == NOT_STARTED_STATUS:
-        fields.append(("exit code", f"none: the step could not be started (DIRAC reports {code})"))
-    elif code is not None:
-        fields.append(("exit code", str(code)))
+    if code is not None:
+        fields.append(("exit code", exit_meaning(code)))
     if is_failed(job.status):
         fields.append(("reason", failure_reason(job)))
     id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"

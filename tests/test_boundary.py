@@ -297,3 +297,16 @@ def test_output_folders_honour_the_umask(batch, umask, mode):
     assert (folder / "std.out").read_text() == "hi\n"
     assert folder.stat().st_mode & 0o777 == mode
     assert (batch / "succeeded").stat().st_mode & 0o777 == mode
+
+
+# -- a job killed by a signal ----------------------------------------------------------------------
+
+def test_a_job_killed_by_a_signal_names_the_signal(batch, run_grid):
+    jobs = jobs_file(batch, 1, "echo crashing; kill -SEGV $$", name="crashes")
+    assert run_grid("submit", "--backend", "local", "--interval", "0.2", jobs).returncode == 6
+    why = run_grid("why", "1", "--offline")
+    assert "  exit code:   killed by signal 11 (SIGSEGV)\n" in why.stdout
+    assert "-11" not in why.stdout.split("exit code:")[1].splitlines()[0]
+    failures = run_grid("failures").stdout.splitlines()
+    assert "       exit:  killed by signal 11 (SIGSEGV)" in failures
+    assert json.loads(run_grid("failures", "--json").stdout)["groups"][0]["exit_code"] == -11   # as stored

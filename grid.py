@@ -454,6 +454,17 @@ class LoggingRecord:
     source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
 
 
+# Control characters as the escapes a reader knows: a job name with a newline or a tab would break
+# one-line-per-job output into two lines, or one column into two. JSON keeps them as they are.
+ONE_LINE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
+                          "\n": "\\n", "\t": "\\t", "\r": "\\r"})
+
+
+def one_line(text: str) -> str:
+    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b)."""
+    return text.translate(ONE_LINE)
+
+
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
 
 
@@ -2595,14 +2606,14 @@ class Display:
 
     def transition(self, job: Job, old: str) -> None:
         minor = f" ({job.minor})" if job.minor else ""
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {job.name}: "
-                   f"{old} {self.arrow} {job.status}{minor}")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {one_line(job.name)}: "
+                   f"{old} {self.arrow} {job.status}{one_line(minor)}")
 
     def downloaded(self, job: Job) -> None:
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {job.name}: output in {job.output}/")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {one_line(job.name)}: output in {job.output}/")
 
     def message(self, text: str) -> None:
-        self.write(f"{clock(None)} {text}")
+        self.write(f"{clock(None)} {one_line(text)}")
 
     def result(self, text: str, record: dict) -> None:
         """The closing line(s) of a command; record is what --json prints instead."""
@@ -2811,7 +2822,7 @@ def print_dry_run(specs: SpecSpool, backend: str) -> None:
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
-        print(f"#{num} {spec.name}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        print(f"#{num} {one_line(spec.name)}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -2862,7 +2873,7 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if failed:
         text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        text += f"\n  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})"
+        text += f"\n  #{job.num} {one_line(job.name)}: no output ({job.error or 'not downloaded'})"
     record["no_output"] = [j.num for j in missing]
     display.result(text, record)
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
@@ -3029,8 +3040,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = [summary_line(counts)]
     for job in ordered:
-        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
-                              job.minor or "-", job.site or "-", job.output or "-"]))
+        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), one_line(job.name), job.status,
+                              one_line(job.minor) or "-", one_line(job.site) or "-", job.output or "-"]))
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
@@ -3145,9 +3156,9 @@ def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, 
         more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
         code = exit_code(members[0])
         killed = [f"       exit:  {exit_meaning(code)}"] if code is not None and code < 0 else []
-        lines += ["", f"{len(members):5d}  {reason}", *killed, f"       sites: {sites}",
+        lines += ["", f"{len(members):5d}  {one_line(reason)}", *killed, f"       sites: {one_line(sites)}",
                   f"       jobs:  {examples}{more}",
-                  f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
+                  f"       resubmit: {one_line(command_hint(args, 'resubmit', '--reason', reason))}"]
     return lines
 
 
@@ -3194,7 +3205,7 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
                        f"at {when(attempt['ended'] or 0)}: {attempt['reason'] or attempt['minor']}{kept}"))
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
-    return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+    return [f"#{job.num} {one_line(job.name)}"] + [f"  {label + ':':<13}{one_line(value)}" for label, value in fields]
 
 
 def history_lines(job: Job) -> list[str]:
@@ -3360,7 +3371,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
             before = job.status
             engine.apply(engine.call(backend.status, [job.dirac_id]))
             if job.status != before:
-                print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+                print(f"#{job.num} {one_line(job.name)}: {job.status} on the server (was {before} here)", file=sys.stderr)
         if not is_final(job.status):
             raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                             "try again later; `grid watch` follows it and downloads the output")
@@ -3368,7 +3379,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
             job.output = engine.call(download_output, backend, job, batch_dir)
             job.error = ""
             store.save(job, sync=True)
-            print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
+            print(f"#{job.num} {one_line(job.name)}: output downloaded into {job.output}/", file=sys.stderr)
     except (CallFailed, tarfile.TarError) as e:
         raise BackendError(f"cannot download the output of #{job.num}: {e}",
                            "try again later; `grid watch` retries downloads by itself") from None
@@ -3492,10 +3503,10 @@ def batch_record(path: Path, root: Path) -> dict:
 
 def batch_line(record: dict) -> str:
     if record["error"]:
-        return f"{record['path']}\tunreadable: {record['error']}"
+        return f"{one_line(record['path'])}\tunreadable: {one_line(record['error'])}"
     counts = [record["summary"][name] for name in COLUMN_NAMES]
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"])) if record["created"] else "-"
-    line = f"{record['path']}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
+    line = f"{one_line(record['path'])}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
     owner = record["in_use_by"]
     return line + (f"\tin use by `grid {owner['command']}` (pid {owner['pid']})" if owner else "")
 
@@ -3568,7 +3579,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="summary and one line per job",
         description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder. Works while `watch` runs; does not contact the server. Warns on "
+        "status, site, output folder (control characters in names escaped: \\n, \\t). Works while `watch` runs; does not contact the server. Warns on "
         "stderr about outputs not downloaded 5 days after their job ended.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
@@ -3723,9 +3734,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except GridError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"grid: error: {e.message}", file=sys.stderr)
+        print(f"grid: error: {one_line(e.message)}", file=sys.stderr)
         if e.fix:
-            print(f"grid: fix: {e.fix}", file=sys.stderr)
+            print(f"grid: fix: {one_line(e.fix)}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:              # the reader went away (`| head`): end quietly, as cat does
         silence(sys.stdout)

@@ -310,3 +310,37 @@ def test_a_job_killed_by_a_signal_names_the_signal(batch, run_grid):
     failures = run_grid("failures").stdout.splitlines()
     assert "       exit:  killed by signal 11 (SIGSEGV)" in failures
     assert json.loads(run_grid("failures", "--json").stdout)["groups"][0]["exit_code"] == -11   # as stored
+
+
+# -- one line per job, whatever the job is called ----------------------------------------------------
+
+STRANGE = "two\nlines\tand a tab"
+SHOWN = "two\\nlines\\tand a tab"
+
+
+def test_job_names_with_newlines_and_tabs_keep_one_line_per_job(batch, run_grid):
+    jobs = write(batch / "jobs.py", f"""
+j = Job(); j.setName({STRANGE!r}); j.setExecutable("/bin/false"); submit(j)
+j = Job(); j.setName("plain"); j.setExecutable("/bin/true"); submit(j)
+""")
+    watched = run_grid("submit", "--backend", "local", "--interval", "0.2", jobs)
+    assert watched.returncode == 6
+    job_lines = [line for line in watched.stdout.splitlines() if " #1 " in line]
+    assert job_lines and all(SHOWN in line for line in job_lines)         # every log line of #1, whole
+    assert not any(line.startswith("lines") for line in watched.stdout.splitlines())
+    status = run_grid("status").stdout.splitlines()
+    assert len(status) == 3 and all(len(line.split("\t")) == 7 for line in status[1:])
+    assert status[1].split("\t")[2] == SHOWN
+    assert run_grid("why", "1", "--offline").stdout.splitlines()[0] == f"#1 {SHOWN}"
+    assert run_grid("status", "--json").stdout.count(json.dumps(STRANGE)) == 1   # JSON keeps the name as it is
+    dry = run_grid("submit", "--backend", "local", "--dry-run", jobs).stdout.splitlines()
+    assert dry[1].startswith(f"#1 {SHOWN}  [")
+
+
+def test_list_keeps_one_line_per_batch_whatever_the_folder_is_called(tmp_path, run_grid):
+    folder = tmp_path / "run\none"
+    folder.mkdir()
+    assert run_grid("submit", "--backend", "local", "--no-watch", jobs_file(folder, 1), cwd=folder).returncode == 0
+    listed = run_grid("list", cwd=tmp_path).stdout.splitlines()
+    assert len(listed) == 1 and listed[0].startswith("run\\none\t")
+    assert json.loads(run_grid("list", "--json", cwd=tmp_path).stdout)[0]["path"] == "run\none"

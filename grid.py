@@ -230,8 +230,12 @@ class BackendError(GridError):
     exit_code = EXIT_BACKEND
 
 
-class CallFailed(Exception):
-    """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+class CallFailed(GridError):
+    """One backend call failed; the engine retries it later (server down, timeout, error reply).
+    A command that calls the server once meets it through BackendCalls.once, which gives it the
+    command's fix; it is a GridError so that none can reach the user as a traceback."""
+
+    exit_code = EXIT_BACKEND
 
 
 class BundleTooLarge(CallFailed):

@@ -3750,7 +3750,8 @@ def build_parser() -> argparse.ArgumentParser:
     kill = commands.add_parser(
         "kill", help="kill jobs",
         description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
-        "the watch records the change. Jobs not submitted yet are not submitted.")
+        "the watch records the change. Jobs not submitted yet are not submitted. Says what it did in "
+        "one line, however many jobs.")
     kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     kill.add_argument("--all", action="store_true", help="every job that is not final")
     kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")

@@ -68,7 +68,7 @@ def test_watch_cut_by_a_closed_pipe_stops_quietly_and_keeps_the_state(batch, run
 
 # -- Ctrl-C at any moment: exit 130 and one true line -----------------------------------------------
 
-def started_python_code(process: subprocess.Popen, timeout: float = 60) -> None:
+def started_python_code(process: subprocess.Popen, timeout: float = 300) -> None:
     """Until grid.py runs its own imports (gevent's greenlet is loaded): a Ctrl-C before that meets
     Python's own start-up, which grid.py cannot answer for."""
     deadline = time.monotonic() + timeout
@@ -84,13 +84,13 @@ def interrupt(batch: Path, jobs: Path, after: float, wait_for: Path = None) -> s
     process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2", jobs),
                                cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started_python_code(process)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300                    # a loaded machine starts DIRAC slowly
     while wait_for and not wait_for.exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     time.sleep(after)
     process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from grid import EXIT_JOBS_FAILED
-from helpers import EXAMPLES, grid_cmd
+from helpers import EXAMPLES, grid_cmd, step_stdout
 
 EXAMPLE_FILES = [EXAMPLES / "hello.py", EXAMPLES / "many.py", EXAMPLES / "fail.py"]
 
@@ -23,11 +23,11 @@ def assert_examples_finished(batch: Path, run_grid) -> None:
     succeeded = sorted(p.name for p in (batch / "succeeded").iterdir())
     failed = sorted(p.name for p in (batch / "failed").iterdir())
     assert len(succeeded) == 101 and failed == ["00102_fails-on-purpose"]
-    assert (batch / "succeeded" / "00001_Test_job" / "std.out").read_text() == "Hello World\n"
+    assert step_stdout(batch / "succeeded" / "00001_Test_job") == "Hello World\n"
     for i in range(1, 101):
         folder = batch / "succeeded" / f"{i + 1:05d}_square-{i:03d}"
         assert (folder / "result.txt").read_text() == f"{i * i}\n"
-    assert "about to fail" in (batch / "failed" / "00102_fails-on-purpose" / "std.out").read_text()
+    assert step_stdout(batch / "failed" / "00102_fails-on-purpose") == "about to fail\n"
     assert not list((batch / ".grid").glob("tmp/*"))               # no partial download left
     ids = [job["id"] for job in data["jobs"]]
     assert len(set(ids)) == len(ids) == 102                           # every job submitted once
@@ -92,7 +92,7 @@ def test_no_watch_returns_after_submitting_and_local_jobs_run_on_without_the_too
     assert status(run_grid)["jobs"][0]["status"] == "Received"
     result = run_grid("watch", "--interval", "0.2")
     assert result.returncode == 0
-    assert (batch / "succeeded" / "00001_Test_job" / "std.out").read_text() == "Hello World\n"
+    assert step_stdout(batch / "succeeded" / "00001_Test_job") == "Hello World\n"
 
 
 def test_unwritable_batch_directory_is_a_clear_error(run_grid):

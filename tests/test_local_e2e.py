@@ -33,6 +33,14 @@ def assert_examples_finished(batch: Path, run_grid) -> None:
     assert len(set(ids)) == len(ids) == 102                           # every job submitted once
 
 
+def wait_for_the_batch(batch: Path, timeout: float = 120) -> None:
+    """Until `submit` has stored the batch (a loaded machine takes seconds to load the job files)."""
+    deadline = time.monotonic() + timeout
+    while not (batch / ".grid" / "db").exists():
+        assert time.monotonic() < deadline, "the batch was never stored"
+        time.sleep(0.05)
+
+
 def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid):
     result = run_grid("submit", "--backend", "local", "--interval", "0.2", *EXAMPLE_FILES, timeout=300)
     assert result.returncode == EXIT_JOBS_FAILED, result.stderr                # fail.py fails on purpose
@@ -49,13 +57,14 @@ def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid
 
 def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(batch, run_grid):
     for kill_after in (1.0, 2.5, 4.0):
-        if (batch / ".grid").exists():
+        if (batch / ".grid" / "db").exists():
             process = subprocess.Popen(grid_cmd("watch", "--interval", "0.2"), cwd=batch,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         else:
             process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2",
                                                 *EXAMPLE_FILES), cwd=batch,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            wait_for_the_batch(batch)          # kills while the job files load prove nothing here
         time.sleep(kill_after)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -67,7 +76,8 @@ def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(ba
 def test_ctrl_c_stops_cleanly_and_watch_resumes(batch, run_grid):
     process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2", *EXAMPLE_FILES),
                                cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    wait_for_the_batch(batch)
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -89,7 +99,10 @@ def test_no_watch_returns_after_submitting_and_local_jobs_run_on_without_the_too
     result = run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py")
     assert result.returncode == 0
     assert "1 of 1 job(s) submitted" in result.stdout
-    assert status(run_grid)["jobs"][0]["status"] == "Received"
+    deadline = time.monotonic() + 120
+    while status(run_grid)["jobs"][0]["status"] != "Done":        # the local site runs it meanwhile
+        assert time.monotonic() < deadline, "the job did not run without a grid command"
+        time.sleep(0.5)
     result = run_grid("watch", "--interval", "0.2")
     assert result.returncode == 0
     assert step_stdout(batch / "succeeded" / "00001_Test_job") == "Hello World\n"

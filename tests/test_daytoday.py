@@ -25,7 +25,7 @@ def status(run_grid) -> dict:
     return json.loads(result.stdout)
 
 
-def wait_for_status(batch: Path, run_grid, wanted: str, num: int = 1, timeout: float = 30) -> None:
+def wait_for_status(batch: Path, run_grid, wanted: str, num: int = 1, timeout: float = 120) -> None:
     """Until job #num has the wanted status (the batch may not exist yet)."""
     deadline = time.monotonic() + timeout
     while not (batch / ".grid" / "db").is_dir() or status(run_grid)["jobs"][num - 1]["status"] != wanted:

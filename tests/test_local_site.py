@@ -127,7 +127,7 @@ def test_at_most_one_job_per_slot_at_once(batch):
 
 def test_a_job_printing_a_lot_costs_the_site_no_memory_and_is_stored_once(batch):
     size = 150_000_000
-    job_file(batch, [("loud", f"yes 0123456789abcdefghij | head -c {size}")])
+    job_file(batch, [("loud", f"yes 0123456789abcdefghij | head -c {size}; sleep 3")])   # then time to look
     assert run(batch, "submit", "--backend", "local", "--no-watch", "jobs.py").returncode == 0
     wait_for(lambda: (batch / ".grid" / "local" / "site.json").exists(), what="the site")
     pid, peak = site_pid(batch), 0

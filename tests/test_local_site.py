@@ -58,6 +58,14 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text()
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def status(batch: Path) -> dict:
     result = run(batch, "status", "--json")
     assert result.returncode == 0, result.stderr
@@ -98,6 +106,22 @@ def test_the_site_survives_sigkill_of_grid_and_a_new_command_finds_its_work(batc
     assert result.returncode == 0, result.stderr
     assert [step_stdout(batch / "succeeded" / f"{n:05d}_slow-{n - 1}") for n in (1, 2, 3)] == \
         ["slow 0\n", "slow 1\n", "slow 2\n"]
+
+
+def test_a_killed_site_is_restarted_by_the_next_command_and_its_running_job_reported_stalled(batch):
+    job_file(batch, [("long", "sleep 60"), ("after", "echo after")])
+    env = {"GRID_LOCAL_SLOTS": "1"}
+    assert run(batch, "submit", "--backend", "local", "--no-watch", "jobs.py", env=env).returncode == 0
+    wait_for(lambda: local_states(batch).get(1, {}).get("status") == "Running", what="the first job to run")
+    payload = local_states(batch)[1]["pgid"]
+    os.kill(site_pid(batch), signal.SIGKILL)
+    shown = status(batch)                    # finds work and no site: starts one
+    assert shown["jobs"][1]["status"] in ("Waiting", "Matched", "Running", "Done")
+    wait_for(lambda: all_final(batch, 2), what="the new site to end both jobs")
+    states = local_states(batch)
+    assert states[1]["status"] == "Failed" and states[1]["minor"] == "Job stalled: local site not running"
+    assert states[2]["status"] == "Done"
+    wait_for(lambda: not group_alive(payload), timeout=30, what="the orphaned step to be stopped")
 
 
 def test_a_job_that_ends_before_its_start_is_recorded_never_keeps_its_slot(batch):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import grid_cmd, write
+from helpers import grid_cmd, step_stdout, write
 
 
 def jobs_file(folder: Path, count: int, command: str = "true", name: str = "job-{i}",
@@ -294,7 +294,7 @@ def test_output_folders_honour_the_umask(batch, umask, mode):
                             capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(umask))
     assert result.returncode == 0, result.stderr
     folder = batch / "succeeded" / "00001_job-0"
-    assert (folder / "std.out").read_text() == "hi\n"
+    assert step_stdout(folder) == "hi\n"
     assert folder.stat().st_mode & 0o777 == mode
     assert (batch / "succeeded").stat().st_mode & 0o777 == mode
 

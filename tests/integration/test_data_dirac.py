@@ -8,6 +8,7 @@ paths are tested in seconds. Checks: files byte for byte, `grid lfns`, a corrupt
 element stopped in the middle of the downloads, SIGKILL of `watch` while data files download,
 `--data none` and `--data-pattern`.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -72,8 +73,12 @@ def folders(batch: Path) -> list:
 
 
 def tmp_files(batch: Path) -> list:
+    """Files under .grid/tmp (a running grid.py may rename or remove them while we look)."""
     tmp = batch / ".grid" / "tmp"
-    return [p for p in tmp.rglob("*") if p.is_file()] if tmp.is_dir() else []
+    try:
+        return [p for p in tmp.rglob("*") if p.is_file()] if tmp.is_dir() else []
+    except FileNotFoundError:
+        return tmp_files(batch)
 
 
 def stray_files(batch: Path, allowed: set) -> list:
@@ -281,7 +286,10 @@ def test_sigkill_of_watch_while_data_files_download_leaves_every_folder_complete
             seen = set()
 
             def writing():
-                seen.update(p.name for p in tmp_files(batch) if p.suffix == ".dat" and p.stat().st_size)
+                for path in tmp_files(batch):
+                    with contextlib.suppress(FileNotFoundError):      # renamed meanwhile
+                        if path.suffix == ".dat" and path.stat().st_size:
+                            seen.add(path.name)
                 return len(seen) > point[1]
             wait_until(writing, 180, "data files downloading", process, 0.005)
         if process.poll() is not None:

@@ -3016,9 +3016,10 @@ def plot_attempts(figure: Any, picture: BatchPicture) -> Any:
     axes = figure.subplots()
     labels = [str(attempts) for attempts, *_ in picture.attempts]
     done, failed, open_ = ([row[i] for row in picture.attempts] for i in (1, 2, 3))
-    axes.bar(labels, done, color=DONE_COLOR, label="Done")
-    axes.bar(labels, failed, bottom=done, color=FAILED_COLOR, label="failed")
-    axes.bar(labels, open_, bottom=[d + f for d, f in zip(done, failed)], color=OPEN_COLOR, label="not final")
+    axes.bar(labels, done, width=0.5, color=DONE_COLOR, label="Done")
+    axes.bar(labels, failed, width=0.5, bottom=done, color=FAILED_COLOR, label="failed")
+    axes.bar(labels, open_, width=0.5, bottom=[d + f for d, f in zip(done, failed)], color=OPEN_COLOR,
+             label="not final")
     axes.set_xlabel("attempts (submissions accepted by the server)")
     axes.set_ylabel("jobs")
     axes.set_title("attempts per job", loc="left")

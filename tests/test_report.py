@@ -275,11 +275,12 @@ def test_a_running_batch_makes_a_valid_page_and_watch_report_keeps_it_to_the_end
 def test_watch_report_rewrites_the_page_every_interval_and_at_the_end(batch, monkeypatch):
     monkeypatch.setattr(grid, "REPORT_EVERY", 0.05)
     calls = []
-    engine = make_engine(batch, 20, ScriptedBackend(), interval=0.02, on_tick=lambda: calls.append(
-        sum(1 for job in engine_jobs() if grid.is_final(job.status))))
-    engine_jobs = engine.jobs.values
+
+    def final_jobs() -> None:
+        calls.append(sum(1 for job in engine.batch.jobs.values() if grid.is_final(job.status)))
+    engine = make_engine(batch, 20, ScriptedBackend(), interval=0.02, on_tick=final_jobs)
     engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert len(calls) >= 4                               # at the start, while running, at the end
     assert calls[0] == 0 and calls[-1] == 20
 

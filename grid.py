@@ -18,8 +18,10 @@ A directory is a batch. From a fresh one:
     python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
     python grid.py failures | why 3 | logs 3 failed jobs grouped by reason; one job; its stdout
     python grid.py export --csv - | list     every stored field per job; the batches under here
+    python grid.py lfns --status Done        the output data LFNs, one per line (--data on submit/watch)
 
-Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
+Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job: the
+output sandbox and the output data files (``setOutputData``), each verified against the catalogue.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
 
 Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors, Statuses, Jobs,
@@ -64,6 +66,7 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import datetime  # noqa: E402
 import fcntl  # noqa: E402
+import fnmatch  # noqa: E402
 import gc  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
@@ -71,6 +74,7 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import marshal  # noqa: E402
 import os  # noqa: E402
+import posixpath  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
@@ -134,6 +138,10 @@ INTERVAL = {"dirac": 20.0, "local": 0.2}   # seconds between status sweeps
 BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
+FILES_PARALLEL = 4                   # files of one job downloading at once (within the download pool)
+DISK_RESERVE = 256 * 2**20           # bytes of the batch's disk that downloads leave free
+DISK_POLL = 10.0                     # seconds between looks at the free space while downloads pause
+DATA_CHOICES = ("all", "none")       # --data: which output data files are downloaded
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
@@ -236,6 +244,14 @@ class ProxyExpired(CallFailed):
     """The grid proxy has expired or is gone: every call waits until a fresh one appears."""
 
 
+class FileUnavailable(CallFailed):
+    """A file on grid storage that cannot be had now (missing from storage, bad on every replica)."""
+
+
+class DataIncomplete(CallFailed):
+    """Some of a job's selected files could not be downloaded; the others are kept for the next try."""
+
+
 # ==================================================================================================
 # Statuses
 # ==================================================================================================
@@ -319,10 +335,11 @@ class Job:
     intent: str = ""                                 # tag of a submission that may have reached the server
     past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
     ended: float = 0.0                               # when it became final, by the server's clock if known
+    outputs: Optional[list] = None                   # files on grid storage (output_record); None: not looked up
 
     # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent", "past", "ended")
+              "history", "output", "error", "download_tries", "intent", "past", "ended", "outputs")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -357,11 +374,6 @@ class Job:
         return not is_final(self.status) if self.submitted else self.status == SUBMITTING
 
     @property
-    def needs_download(self) -> bool:
-        return (self.submitted and is_final(self.status) and not self.output
-                and self.download_tries < DOWNLOAD_ATTEMPTS)
-
-    @property
     def ended_at(self) -> float:
         """When the job ended; for a job recorded before `ended` existed, when we saw it end."""
         return self.ended or (self.history[-1][1] if self.history else 0.0)
@@ -373,6 +385,63 @@ class Job:
 
     def output_folder(self) -> str:
         return os.path.join(SUCCEEDED_DIR if self.status == DONE else FAILED_DIR, self.folder_name())
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One file a job left on grid storage, as the catalogue knows it: the plain data a backend
+    reports, so that finding, downloading and checking files stays backend-neutral."""
+
+    lfn: str
+    size: int
+    adler32: str = ""                 # hex, as the catalogue keeps it; "" when it has none
+    kind: str = "data"                # "data" (setOutputData) or "sandbox" (an output sandbox too big
+                                      # for the sandbox store, as a tar archive)
+    registered: bool = True           # False: declared by the job, but not in the catalogue
+
+    @property
+    def name(self) -> str:
+        return self.lfn.rstrip("/").rsplit("/", 1)[-1]
+
+
+def output_record(file: OutputFile) -> dict:
+    """How a job's record keeps one of its files: what the catalogue says, and how its download went
+    (`downloaded` once it is in the job's folder and verified, `problem` when it could not be)."""
+    problem = "" if file.registered else "declared by the job but not in the catalogue: never uploaded"
+    return {"lfn": file.lfn, "size": file.size, "adler32": file.adler32, "kind": file.kind,
+            "registered": file.registered, "downloaded": False, "problem": problem}
+
+
+def record_name(record: dict) -> str:
+    """The file's name in the job's folder: the last part of its LFN."""
+    return record["lfn"].rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class DataSelection:
+    """Which output data files are downloaded (--data, --data-pattern; kept in the batch's meta).
+    Every file is looked up and listed (`grid lfns`) either way."""
+
+    data: str = "all"
+    pattern: str = ""                 # a glob on the file name, or on the whole LFN if it has a "/"
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "DataSelection":
+        return cls(meta.get("data") or "all", meta.get("data_pattern") or "")
+
+    def wants(self, record: dict) -> bool:
+        if record["kind"] != "data":
+            return True                          # an output sandbox is always fetched
+        if self.data == "none" or not record.get("registered", True):
+            return False
+        if not self.pattern:
+            return True
+        return fnmatch.fnmatchcase(record["lfn"] if "/" in self.pattern else record_name(record), self.pattern)
+
+
+def data_missing(job: Job, selection: DataSelection) -> list[dict]:
+    """The job's selected files on grid storage that are not in its folder yet."""
+    return [r for r in job.outputs or () if selection.wants(r) and not r["downloaded"]]
 
 
 @dataclass(slots=True)
@@ -616,6 +685,9 @@ class Store:
                                  "resume it with `grid watch`, or submit from a new directory") from None
             self.path = self.state_dir / "db"
             self.db = plyvel.DB(str(self.path))
+
+    def update_meta(self, **changes: Any) -> None:
+        self.db.put(b"meta", json.dumps({**self.meta(), **changes}).encode(), sync=True)
 
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
@@ -878,6 +950,9 @@ def quiet_dirac_logs(logger: Any) -> None:
 # A backend does five things: submit a job, report the state of many jobs at once, fetch a job's
 # output into an empty folder, kill jobs, and tell one job's detailed history. Calls block;
 # `threaded` tells the engine to run them in its threadpool. Failures that may pass raise CallFailed.
+# A backend with grid storage also names the files a job left there (OutputFile: output data, and an
+# output sandbox too big for the sandbox store) and downloads one replica of a file; checking and
+# placing them is the Downloads section's work, the same for every backend.
 
 class Backend:
     name = "?"
@@ -912,7 +987,27 @@ class Backend:
         """Submit several jobs in one call; their ids, in the order of specs."""
         raise NotImplementedError
 
-    def fetch_output(self, job_id: int, dest: Path) -> None:
+    def fetch_output(self, job_id: int, dest: Path) -> Optional[bool]:
+        """Fetch the job's output sandbox into the empty folder dest. False: the sandbox store has
+        none for it, so it may be on grid storage (grid_sandbox); None or True: dest is the sandbox."""
+        raise NotImplementedError
+
+    def job_outputs(self, job_id: int, done: bool) -> list[OutputFile]:
+        """The output data files the job left on grid storage (done: it ended Done, so every declared
+        file should be there). A backend without grid storage has none."""
+        return []
+
+    def grid_sandbox(self, job_id: int) -> Optional[OutputFile]:
+        """The job's output sandbox as a file on grid storage, when it was too big for the sandbox store."""
+        return None
+
+    def replicas(self, lfn: str) -> list[str]:
+        """The storage elements that hold a copy of the file, each to be tried on its own."""
+        return []
+
+    def fetch_file(self, lfn: str, dest: Path, replica: Optional[str] = None) -> Path:
+        """Download one copy of a file (from `replica`, or the backend's choice) into the empty folder
+        dest; returns its path. The copy may be bad: the caller checks it against the catalogue."""
         raise NotImplementedError
 
     def kill(self, ids: list[int]) -> None:
@@ -1069,6 +1164,14 @@ class DiracClients:
     def stale(self, credentials: tuple) -> bool:
         return credentials != self.credentials or time.monotonic() - self.born > CLIENTS_MAX_AGE
 
+    @property
+    def data_manager(self) -> Any:
+        """DIRAC's DataManager (with its file catalogue), made on a thread's first file."""
+        if getattr(self, "_data_manager", None) is None:
+            from DIRAC.DataManagementSystem.Client.DataManager import DataManager
+            self._data_manager = DataManager()
+        return self._data_manager
+
 
 def kept_rpc(client_class: type, rpc: Any) -> Any:
     """An instance of one of DIRAC's Client classes whose calls all go through `rpc`."""
@@ -1103,6 +1206,66 @@ def credentials_stamp() -> tuple:
     return (path, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
+# -- outputs on grid storage: DIRAC's conventions for user jobs ------------------------------------
+# The JobWrapper uploads a job's OutputData to /<vo>/<LFNUserPrefix>/<o>/<owner>/<job id // 1000>/<job
+# id>/<name> (or under OutputPath) and registers it in the file catalogue; an output sandbox too big
+# for the sandbox store goes there too, as a tar archive named LDSB.<random>. Job parameters
+# (UploadedOutputData, OutputSandboxLFN) say the same where the server keeps them (OpenSearch), which
+# many installations do not: the job's description and the catalogue are the normal way.
+
+GRID_SANDBOX_PREFIX = "LDSB."
+
+
+@dataclass(slots=True)
+class OutputPlan:
+    """Where a DIRAC job's outputs go, from its JDL as the server keeps it."""
+
+    owner: str
+    group: str
+    path: str                          # OutputPath ("" if none)
+    data: list                         # OutputData entries: file names, globs or LFN:s
+
+    @classmethod
+    def from_jdl(cls, jdl: str) -> "OutputPlan":
+        classad = jdl_classad(jdl)
+
+        def text(name: str) -> str:
+            return classad.getAttributeString(name) if classad.lookupAttribute(name) else ""
+        data = classad.getListFromExpression("OutputData") if classad.lookupAttribute("OutputData") else []
+        return cls(text("Owner"), text("OwnerGroup"), text("OutputPath"), [d for d in data if d])
+
+
+def user_lfn(entry: str, base: str, output_path: str, job_id: int) -> str:
+    """The LFN a job's output file gets, as DIRAC's JobWrapper makes it (it has no public helper):
+    an LFN: entry as it is; else under OutputPath (absolute with LFN:, else below the user's base
+    directory), by default in <base>/<job id // 1000>/<job id>/."""
+    if entry.upper().startswith("LFN:"):
+        return entry[4:]
+    if output_path.startswith("LFN:"):
+        directory = output_path[4:]
+    elif output_path:
+        directory = posixpath.join(base, output_path.lstrip("/"))
+    else:
+        directory = f"{base}/{job_id // 1000}/{job_id}"
+    return posixpath.normpath(posixpath.join(directory, posixpath.basename(entry)))
+
+
+def sandbox_went_to_storage(records: list[LoggingRecord]) -> bool:
+    """The job's logging info says its output sandbox was uploaded as output data: the JobWrapper
+    began uploading output data and never reported the sandbox uploaded (a failed job reports no
+    sandbox step at all). Only the job's last run counts."""
+    last_run = records
+    for n, record in enumerate(records):
+        if record.status == RESCHEDULED:
+            last_run = records[n + 1:]
+    minors = [record.minor for record in last_run]
+    return "Uploading Output Data" in minors and "Output Sandbox Uploaded" not in minors
+
+
+def catalogue_file(lfn: str, metadata: dict, kind: str = "data") -> OutputFile:
+    return OutputFile(lfn, int(metadata.get("Size") or 0), str(metadata.get("Checksum") or ""), kind)
+
+
 class DiracBackend(Backend):
     """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
 
@@ -1113,6 +1276,7 @@ class DiracBackend(Backend):
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
         self.reuse_clients = False           # decided by connect(): every service speaks dips://
         self.reported: dict[int, JobState] = {}      # what status() last said about each job
+        self.parameters_unavailable = False  # the server keeps no job parameters (no OpenSearch)
 
     def connect(self) -> None:
         try:
@@ -1280,7 +1444,7 @@ class DiracBackend(Backend):
         self._value(clients.job_manager.confirmBulkSubmission(ids), "bundle confirmation")
         return ids
 
-    def fetch_output(self, job_id: int, dest: Path) -> None:
+    def fetch_output(self, job_id: int, dest: Path) -> bool:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
         self._require_proxy()
         client = self._clients().sandbox
@@ -1288,12 +1452,123 @@ class DiracBackend(Backend):
         try:
             result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
             if not result["OK"] and "No Output sandbox" in result.get("Message", ""):
-                return                         # the job registered no output: an empty folder says so
+                return False                   # none registered: too big (on grid storage), or no output
             for archive in self._value(result, "output download"):
                 with ZstdCompatibleTarFile(archive, mode="r") as tar:
                     safe_extract(tar, dest)
+            return True
         finally:
             remove_tree(Path(tmp))
+
+    # -- outputs on grid storage ------------------------------------------------------------------
+
+    def _output_plan(self, job_id: int) -> tuple[OutputPlan, str]:
+        """The job's output plan and the base of its owner's user directory (/<vo>/user/<o>/<owner>)."""
+        from DIRAC.ConfigurationSystem.Client.Helpers.Operations import Operations
+        from DIRAC.ConfigurationSystem.Client.Helpers.Registry import getVOForGroup
+        jdl = self._value(self._clients().monitoring.getJobJDL(int(job_id), False), "job description")
+        plan = OutputPlan.from_jdl(jdl)
+        vo = getVOForGroup(plan.group) or "dirac"
+        prefix = Operations(vo=vo).getValue("LFNUserPrefix", "user")
+        return plan, f"/{vo}/{prefix}/{plan.owner[:1]}/{plan.owner}"
+
+    def _job_parameters(self, job_id: int) -> dict:
+        """The job's parameters, where the server keeps them; {} where it does not. The lab and many
+        installations have no parameter store (OpenSearch): after one failure they are not asked again
+        (a server that is down fails the job description's call next, and that one counts)."""
+        if self.parameters_unavailable:
+            return {}
+        result = self._clients().monitoring.getJobParameters(int(job_id), None)
+        if not result.get("OK"):
+            self.parameters_unavailable = True
+            return {}
+        value = result["Value"]
+        return value.get(int(job_id)) or value.get(str(job_id)) or {}
+
+    def _listing(self, directory: str) -> dict[str, dict]:
+        """{lfn: catalogue metadata} of the files in one catalogue directory; {} if it does not exist."""
+        catalogue = self._clients().data_manager.fileCatalog
+        value = self._value(catalogue.listDirectory(directory), "catalogue listing")
+        if directory in value["Failed"]:
+            reason = str(value["Failed"][directory])
+            if "not exist" in reason.lower() or "no such" in reason.lower():
+                return {}
+            self._value({"OK": False, "Message": reason}, f"catalogue listing of {directory}")
+        entry = value["Successful"].get(directory) or {}
+        return {lfn: details.get("MetaData", details) for lfn, details in entry.get("Files", {}).items()}
+
+    def _metadata(self, lfns: list[str]) -> dict[str, dict]:
+        catalogue = self._clients().data_manager.fileCatalog
+        return self._value(catalogue.getFileMetadata(lfns), "catalogue metadata")["Successful"] if lfns else {}
+
+    def job_outputs(self, job_id: int, done: bool) -> list[OutputFile]:
+        """From the job parameters (UploadedOutputData) where the server has them; otherwise from the
+        job's JDL (OutputData, OutputPath, owner, VO) and DIRAC's LFN convention, each name or glob
+        matched against a listing of its catalogue directory. One or two calls per job (none more
+        when it declared no output data)."""
+        self._require_proxy()
+        uploaded = self._job_parameters(job_id).get("UploadedOutputData", "")
+        if uploaded:
+            lfns = [lfn.strip() for lfn in str(uploaded).split(",") if lfn.strip()]
+            found = self._metadata(lfns)
+            return [catalogue_file(lfn, found[lfn]) if lfn in found else OutputFile(lfn, 0, registered=False)
+                    for lfn in lfns if not posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)]
+        plan, base = self._output_plan(job_id)
+        wanted = [user_lfn(entry, base, plan.path, job_id) for entry in plan.data]
+        listings = {directory: self._listing(directory) for directory in dict.fromkeys(map(posixpath.dirname, wanted))}
+        files: dict[str, OutputFile] = {}
+        for pattern in wanted:
+            listing = listings[posixpath.dirname(pattern)]
+            matches = [lfn for lfn in listing if fnmatch.fnmatchcase(posixpath.basename(lfn), posixpath.basename(pattern))
+                       and not posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)]
+            for lfn in sorted(matches):
+                files.setdefault(lfn, catalogue_file(lfn, listing[lfn]))
+            if not matches and done and not any(c in posixpath.basename(pattern) for c in "*?["):
+                files.setdefault(pattern, OutputFile(pattern, 0, registered=False))
+        return list(files.values())
+
+    def grid_sandbox(self, job_id: int) -> Optional[OutputFile]:
+        """The tarball of an output sandbox the JobWrapper put on grid storage for its size: the newest
+        LDSB.* file of the job's directory. Under a shared OutputPath, the one registered closest after
+        the job began uploading (OutputSandboxLFN, where it exists, is computed without OutputPath)."""
+        records = self.logging_info(job_id)
+        if not sandbox_went_to_storage(records):
+            return None
+        named = self._job_parameters(job_id).get("OutputSandboxLFN", "")
+        if named and (found := self._metadata([named])):
+            return catalogue_file(named, found[named], kind="sandbox")
+        plan, base = self._output_plan(job_id)
+        listing = self._listing(posixpath.dirname(user_lfn(GRID_SANDBOX_PREFIX, base, plan.path, job_id)))
+        tarballs = {lfn: utc_timestamp(meta.get("CreationDate"))
+                    for lfn, meta in listing.items() if posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)}
+        if not tarballs:
+            return None
+        if plan.path:
+            began = max((r.time for r in records if r.minor == "Uploading Output Data"), default=0.0)
+            chosen = min(tarballs, key=lambda lfn: (tarballs[lfn] < began - 5, abs(tarballs[lfn] - began)))
+        else:
+            chosen = max(tarballs, key=tarballs.get)
+        return catalogue_file(chosen, listing[chosen], kind="sandbox")
+
+    def replicas(self, lfn: str) -> list[str]:
+        self._require_proxy()
+        value = self._value(self._clients().data_manager.getActiveReplicas([lfn], getUrl=False), "replica lookup")
+        return sorted(value["Successful"].get(lfn) or {})
+
+    def fetch_file(self, lfn: str, dest: Path, replica: Optional[str] = None) -> Path:
+        """DataManager.getFile into dest (a folder of this file alone: it writes to the final name and
+        leaves a bad copy there). A storage element that does not answer is ServerUnreachable."""
+        self._require_proxy()
+        where = f" from {replica}" if replica else ""
+        value = self._value(self._clients().data_manager.getFile(lfn, destinationDir=str(dest), sourceSE=replica),
+                            f"download of {lfn}{where}")
+        if lfn in value["Successful"]:
+            return Path(value["Successful"][lfn])
+        reason = first_line(str(value["Failed"].get(lfn, "not downloaded")))
+        message = f"download of {posixpath.basename(lfn)}{where}: {reason}"
+        if UNREACHABLE_PATTERN.search(reason):
+            raise ServerUnreachable(message)
+        raise CallFailed(message)
 
     def kill(self, ids: list[int]) -> None:
         self._require_proxy()
@@ -1655,26 +1930,274 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
         # links, devices and fifos are not extracted: they could point outside the folder
 
 
-def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
-    """Fetch a final job's output into its folder, atomically; returns the folder (relative)."""
-    relative = job.output_folder()
-    final = batch_dir / relative
-    if final.exists():                       # renamed into place before a crash: complete
-        return relative
-    tmp_root = batch_dir / STATE_DIR / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", dir=tmp_root))
+def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
+    exception a task raises, and a failed call is an everyday event here, not a bug."""
     try:
-        backend.fetch_output(job.dirac_id, tmp)
-        final.parent.mkdir(exist_ok=True)
-        os.rename(tmp, final)
-    finally:
-        remove_tree(tmp)
-    return relative
+        return True, fn(*args)
+    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
+        return False, e
 
 
-def clean_partial_downloads(batch_dir: Path) -> None:
-    remove_tree(batch_dir / STATE_DIR / "tmp")
+def direct_call(fn: Callable, *args: Any) -> Any:
+    return fn(*args)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space for downloads on the disk holding folder (patched by tests to fill the disk)."""
+    return shutil.disk_usage(folder).free
+
+
+def file_adler32(path: Path) -> str:
+    """The file's adler32 as 8 hex digits, computed as DIRAC's catalogue records it."""
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def same_adler32(first: str, second: str) -> bool:
+    """Hex checksums as equal numbers: catalogues may drop leading zeros or change the case."""
+    try:
+        return int(first, 16) == int(second, 16)
+    except ValueError:
+        return False
+
+
+def copy_problem(path: Path, record: dict) -> str:
+    """Why a downloaded copy is not the catalogue's file ("" if it is): size first, then adler32."""
+    size = path.stat().st_size
+    if size != record["size"]:
+        return f"wrong size ({size} bytes, the catalogue says {record['size']})"
+    if record["adler32"]:
+        found = file_adler32(path)
+        if not same_adler32(found, record["adler32"]):
+            return f"bad checksum (adler32 {found}, the catalogue says {record['adler32']})"
+    return ""
+
+
+def human_size(size: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+class DiskRoom:
+    """Downloads claim their size before they start; while the disk has too little free space (beyond
+    what is claimed and DISK_RESERVE), they pause, said in one line, and resume once space appears."""
+
+    def __init__(self, folder: Path, say: Callable[[str], None], reserve: int = DISK_RESERVE,
+                 poll: float = DISK_POLL) -> None:
+        self.folder, self.say, self.reserve, self.poll = folder, say, reserve, poll
+        self.claimed = 0
+        self.paused = False
+
+    @contextlib.contextmanager
+    def room(self, size: int) -> Iterator[None]:
+        while True:
+            free = free_bytes(self.folder)
+            if free - self.claimed - size >= self.reserve:
+                break
+            if not self.paused:
+                self.paused = True
+                self.say(f"downloads paused: the disk of {self.folder.parent} has {human_size(free)} free, "
+                         f"{human_size(size + self.claimed)} more are needed (keeping {human_size(self.reserve)} "
+                         "spare); free some space and they resume by themselves")
+            gevent.sleep(self.poll)
+        if self.paused:
+            self.paused = False
+            self.say(f"downloads resume: {human_size(free)} free")
+        self.claimed += size
+        try:
+            yield
+        finally:
+            self.claimed -= size
+
+
+def tmp_root(batch_dir: Path) -> Path:
+    return batch_dir / STATE_DIR / "tmp"
+
+
+def stage_name(job: Job) -> str:
+    """The job's staging folder in .grid/tmp: its complete sandbox, then each verified file as it comes.
+    It is kept between runs (a crash loses no verified file) and renamed into place when whole."""
+    return f"{job.num}.{job.dirac_id}.job"
+
+
+class OutputDownloader:
+    """Fetches final jobs' outputs into their folders: the output sandbox (from the sandbox store or,
+    when it was too big, from grid storage) and the selected output data files. Every file is checked
+    against the catalogue's size and adler32 (a bad copy is retried from another replica, and never
+    placed); a job's folder is renamed into place only when all of it is there, so a folder that
+    exists is complete. Backend calls go through `call` (the engine's, which waits out outages and
+    an expired proxy), local work through `blocking` (the threadpool)."""
+
+    def __init__(self, backend: Backend, batch_dir: Path, call: Callable = direct_call,
+                 blocking: Callable = direct_call, selection: DataSelection = DataSelection(),
+                 disk: Optional[DiskRoom] = None, files_parallel: int = FILES_PARALLEL) -> None:
+        self.backend, self.batch_dir, self.call, self.blocking = backend, batch_dir, call, blocking
+        self.selection, self.files_parallel = selection, files_parallel
+        self.disk = disk or DiskRoom(batch_dir / STATE_DIR, lambda text: None)
+        self.tmp = tmp_root(batch_dir)
+
+    def download(self, job: Job) -> str:
+        """Fetch what is missing of a final job's output; returns its folder (relative to the batch).
+        Raises DataIncomplete when some selected file could not be had (the rest is kept)."""
+        relative = job.output_folder()
+        final = self.batch_dir / relative
+        if job.outputs is None:
+            job.outputs = [output_record(f) for f in self.look_up(job)]
+        if final.exists():              # renamed into place before: complete, but a wider --data
+            place = final               # selection may add files to it, each verified first
+        else:
+            place = self.staged_sandbox(job)
+        self.fetch_data(job, place)
+        if place != final:
+            final.parent.mkdir(exist_ok=True)
+            os.rename(place, final)
+        return relative
+
+    def look_up(self, job: Job) -> list[OutputFile]:
+        try:
+            return self.call(self.backend.job_outputs, job.dirac_id, job.status == DONE)
+        except (ServerUnreachable, ProxyExpired):
+            raise
+        except CallFailed:
+            if job.status == DONE:
+                raise
+            return []                   # a failed job's description may be gone: its sandbox still counts
+
+    def staged_sandbox(self, job: Job) -> Path:
+        """The job's staging folder holding its complete output sandbox, fetched now if it is not there."""
+        stage = self.tmp / stage_name(job)
+        if stage.is_dir():
+            return stage
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", suffix=".sandbox", dir=self.tmp))
+        try:
+            tarball = next((r for r in job.outputs if r["kind"] == "sandbox"), None)
+            if tarball is None and self.call(self.backend.fetch_output, job.dirac_id, tmp) is False:
+                found = self.call(self.backend.grid_sandbox, job.dirac_id)
+                if found:
+                    tarball = output_record(found)
+                    job.outputs.append(tarball)
+            if tarball:
+                self.fetch_grid_sandbox(job, tarball, tmp)
+            os.rename(tmp, stage)
+        finally:
+            remove_tree(tmp)
+        return stage
+
+    def fetch_grid_sandbox(self, job: Job, record: dict, dest: Path) -> None:
+        """An output sandbox from grid storage: a tar archive (bz2), verified, then extracted as if it
+        had come from the sandbox store."""
+        with self.disk.room(3 * record["size"]):        # the archive, and what it unpacks to
+            part, path = self.fetch_verified(job, record)
+            try:
+                self.blocking(extract_archive, path, dest)
+            finally:
+                remove_tree(part)
+        record["downloaded"], record["problem"] = True, ""
+
+    def fetch_data(self, job: Job, place: Path) -> None:
+        """Each selected data file not in place yet, a few at once; the others go on when one fails."""
+        wanted = data_missing(job, self.selection)
+        if not wanted:
+            return
+        pool = gevent.pool.Pool(self.files_parallel)
+        tasks = [pool.spawn(outcome, self.fetch_one, job, record, place) for record in wanted]
+        try:
+            gevent.joinall(tasks)
+        finally:
+            pool.kill(block=False)          # stopped meanwhile: leave only .grid/tmp behind
+        failures = [value for ok, value in (task.value for task in tasks) if not ok]
+        for failure in failures:            # an outage or an expired proxy first: it costs no try
+            if isinstance(failure, (ServerUnreachable, ProxyExpired)):
+                raise failure
+        for failure in failures:
+            if not isinstance(failure, FileUnavailable):
+                raise failure
+        problems = [r for r in wanted if not r["downloaded"]]
+        if problems:
+            text = "; ".join(f"{record_name(r)}: {r['problem']}" for r in problems[:3])
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise DataIncomplete(f"{len(problems)} of {len(wanted)} data file(s) not downloaded: {text}{more}")
+
+    def fetch_one(self, job: Job, record: dict, place: Path) -> None:
+        target = place / record_name(record)
+        if target.is_file() and not self.blocking(copy_problem, target, record):
+            record["downloaded"], record["problem"] = True, ""     # placed before a crash
+            return
+        try:
+            with self.disk.room(record["size"]):
+                part, path = self.fetch_verified(job, record)
+                try:
+                    os.replace(path, target)
+                finally:
+                    remove_tree(part)
+        except FileUnavailable as e:
+            record["problem"] = str(e)
+            raise
+        record["downloaded"], record["problem"] = True, ""
+
+    def fetch_verified(self, job: Job, record: dict) -> tuple[Path, Path]:
+        """A verified copy of the file in a folder of its own in .grid/tmp: (folder, file). The backend
+        chooses the replica first; if that copy is bad or fails, every replica is tried on its own.
+        A storage element that does not answer is an outage (no try spent) unless another has it."""
+        sources: list[Optional[str]] = [None]
+        problems, outage = [], None
+        for source in sources:
+            part = Path(tempfile.mkdtemp(prefix=f"{job.num}.", suffix=".part", dir=self.tmp))
+            try:
+                path = self.call(self.backend.fetch_file, record["lfn"], part, source)
+                problem = self.blocking(copy_problem, path, record)
+                if not problem:
+                    return part, path
+                problems.append(f"{problem} at {source}" if source else problem)
+            except ServerUnreachable as e:
+                outage = e
+            except ProxyExpired:
+                remove_tree(part)
+                raise
+            except CallFailed as e:
+                problems.append(str(e))
+            remove_tree(part)
+            if source is None:
+                sources += self.call(self.backend.replicas, record["lfn"])
+        if outage is not None:
+            raise outage
+        raise FileUnavailable("; ".join(dict.fromkeys(problems)) or "no replica in the catalogue")
+
+
+def extract_archive(path: Path, dest: Path) -> None:
+    with tarfile.open(path, mode="r:*") as tar:
+        safe_extract(tar, dest)
+
+
+def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
+    """Fetch a final job's output into its folder, atomically, with every data file; returns the
+    folder (relative). One call at a time, outside an engine (tests, scripts)."""
+    return OutputDownloader(backend, batch_dir).download(job)
+
+
+def clean_partial_downloads(batch_dir: Path, keep: Iterable[str] = ()) -> None:
+    """Remove what a stopped run left in .grid/tmp, except the staging folders named in keep (jobs
+    whose outputs are still coming: their verified files are not downloaded again)."""
+    root, kept = tmp_root(batch_dir), set(keep)
+    if not kept:
+        return remove_tree(root)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(root):
+            if entry not in kept:
+                path = root / entry
+                if path.is_dir() and not path.is_symlink():
+                    remove_tree(path)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
 
 def remove_tree(path: Path) -> None:
@@ -1725,7 +2248,11 @@ class Engine:
         self.jobs_final = sum(1 for job in self.jobs.values() if is_final(job.status))
         self.jobs_downloaded = sum(1 for job in self.jobs.values() if job.output)
         self.threadpool = gevent.get_hub().threadpool
-        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
+        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel * FILES_PARALLEL + 2)
+        self.selection = DataSelection.from_meta(self.meta)
+        self.downloader = OutputDownloader(backend, batch_dir, call=self.call, blocking=self.blocking,
+                                           selection=self.selection,
+                                           disk=DiskRoom(batch_dir / STATE_DIR, display.message))
         self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
         self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
         self.downloads: gevent.queue.Queue = gevent.queue.Queue()
@@ -1837,14 +2364,15 @@ class Engine:
     def run(self, watch: bool = True) -> dict[int, Job]:
         """Submit what is not submitted yet; with watch, follow every job until final and downloaded
         (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
-        clean_partial_downloads(self.batch_dir)
+        clean_partial_downloads(self.batch_dir, keep=[stage_name(job) for job in self.jobs.values()
+                                                      if self.output_missing(job)])
         self.display.start(self)
         for job in self.jobs.values():
-            if job.submitted and is_final(job.status) and not job.output:
+            if self.output_missing(job):
                 job.download_tries = 0           # every run tries each missing output again
             if not job.submitted and job.status == SUBMITTING:
                 self.queue_submission(job)
-            elif job.needs_download:
+            elif self.wants_download(job):
                 self.downloads.put(job.num)
             elif watch and job.failed:
                 self.settle(job)                 # failed before the last run ended: retry or exit now
@@ -1896,6 +2424,14 @@ class Engine:
     def check_finished(self) -> None:
         if not (self.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
             self.finished.set()
+
+    def output_missing(self, job: Job) -> bool:
+        """A final job's output folder is not there yet, or lacks selected files (--data widened)."""
+        return (job.submitted and is_final(job.status)
+                and (not job.output or bool(data_missing(job, self.selection))))
+
+    def wants_download(self, job: Job) -> bool:
+        return self.output_missing(job) and job.download_tries < DOWNLOAD_ATTEMPTS
 
     def pending_submissions(self) -> int:
         return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
@@ -2179,7 +2715,7 @@ class Engine:
                          "site": job.site, "reason": failure_reason(job) if job.failed else "",
                          "ended": ended, "output": kept})
         self.jobs_downloaded -= bool(job.output)
-        job.output, job.error, job.download_tries = "", "", 0
+        job.output, job.error, job.download_tries, job.outputs = "", "", 0, None
 
     def resubmit(self, job: Job) -> None:
         """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
@@ -2300,10 +2836,11 @@ class Engine:
         """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
         outages = 0
         try:
-            while job.needs_download and not self.stopping.is_set():
+            while self.wants_download(job) and not self.stopping.is_set():
                 try:
-                    job.output = self.call(download_output, self.backend, job, self.batch_dir)
-                    self.jobs_downloaded += 1
+                    placed = bool(job.output)
+                    job.output = self.downloader.download(job)
+                    self.jobs_downloaded += not placed
                     job.error = ""
                     self.display.downloaded(job)
                 except ProxyExpired:
@@ -2320,7 +2857,7 @@ class Engine:
                     if job.download_tries < DOWNLOAD_ATTEMPTS:
                         self.stopping.wait(backoff(job.download_tries))
                 self.store.save(job)
-            if job.failed and not job.needs_download and not self.stopping.is_set():
+            if job.failed and not self.wants_download(job) and not self.stopping.is_set():
                 self.settle(job)
         finally:
             self.downloading -= 1
@@ -2375,15 +2912,6 @@ def move_into_place(source: Path, dest: Path) -> None:
     if source.exists() and not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, dest)
-
-
-def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
-    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
-    exception a task raises, and a failed call is an everyday event here, not a bug."""
-    try:
-        return True, fn(*args)
-    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
-        return False, e
 
 
 def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:
@@ -2683,19 +3211,25 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path,
                args: argparse.Namespace, watch: bool, prepare: Callable[["Engine"], None] = None) -> int:
-    """Run the engine with the command line's options; --retries is kept in the batch for `watch`."""
+    """Run the engine with the command line's options; --retries, --data and --data-pattern are kept
+    in the batch for `watch` (and changed by the options of a later one)."""
     retries = args.retries if args.retries is not None else store.meta().get("retries", 0)
+    choice = {key: value for key, value in (("data", args.data), ("data_pattern", args.data_pattern))
+              if value is not None and store.meta().get(key) != value}
+    if choice:
+        store.update_meta(**choice)
     engine = Engine(store, backend, display, batch_dir, parallel=args.parallel, interval=args.interval,
                     retries=retries, exit_when=args.exit_when)
     if prepare:
         prepare(engine)
     ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
     jobs = engine.run(watch=watch)
-    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
+    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early,
+                  selection=engine.selection)
 
 
 def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
-           early: Optional[str] = None) -> int:
+           early: Optional[str] = None, selection: DataSelection = DataSelection()) -> int:
     """The closing lines of submit/watch, and the exit code scripts chain on: 0 only if all is Done."""
     if stopped:
         return EXIT_INTERRUPTED
@@ -2707,7 +3241,8 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if not watched:
         display.result(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`", record)
         return EXIT_OK
-    missing = [j for j in jobs.values() if j.submitted and is_final(j.status) and not j.output]
+    missing = [j for j in jobs.values() if j.submitted and is_final(j.status)
+               and (not j.output or data_missing(j, selection))]
     if early:
         text = f"stopped early ({early}): {done} done, {failed} failed, " \
                f"{len(jobs) - record['final']} not final yet; `grid watch` follows them"
@@ -2717,7 +3252,11 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if failed:
         text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        text += f"\n  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})"
+        what = "output incomplete" if job.output else "no output"
+        text += f"\n  #{job.num} {job.name}: {what} ({job.error or 'not downloaded'})"
+    never = [(j, r) for j in jobs.values() if j.status == DONE for r in j.outputs or () if not r["registered"]]
+    for job, file in never:
+        text += f"\n  #{job.num} {job.name}: {record_name(file)}: {file['problem']}"
     record["no_output"] = [j.num for j in missing]
     display.result(text, record)
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
@@ -2879,7 +3418,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     out = [summary_line(counts)]
     for job in ordered:
         out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
-                              job.minor or "-", job.site or "-", job.output or "-"]))
+                              job.minor or "-", job.site or "-", job.output or "-"]
+                             + ([job.error] if job.error else [])))
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
@@ -2889,7 +3429,7 @@ def status_record(job: Job) -> dict:
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
             "ended": job.ended_at if is_final(job.status) else None, "history": job.history,
-            "past": job.past}
+            "past": job.past, "outputs": job.outputs}
 
 
 # -- day to day: failures, why, logs, export, list ------------------------------------------------
@@ -3035,6 +3575,7 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields += [("site", job.site or "-"), (id_label, str(job.dirac_id or "- (not submitted)")),
                ("attempts", f"{job.attempts} (ids: {ids})"),
                ("output", f"{job.output}/" if job.output else "-")]
+    fields += output_file_fields(job, DataSelection.from_meta(meta))
     if job.error:
         fields.append(("problem", job.error))
     for number, attempt in enumerate(job.past, 1):
@@ -3044,6 +3585,28 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
     return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+
+
+def output_file_fields(job: Job, selection: DataSelection) -> list[tuple[str, str]]:
+    """One line per file the job left on grid storage: LFN, size, checksum and where its download is."""
+    if job.outputs is None:
+        looked = "not looked up yet (`grid watch` does it)" if job.submitted and is_final(job.status) else "-"
+        return [("grid files", looked)] if job.submitted and is_final(job.status) else []
+    if not job.outputs:
+        return [("grid files", "none")]
+    fields = []
+    for file in job.outputs:
+        if file["downloaded"]:
+            state = "downloaded"
+        elif file["problem"]:
+            state = f"not downloaded: {file['problem']}"
+        elif not selection.wants(file):
+            state = "not selected (--data none or --data-pattern)"
+        else:
+            state = "not downloaded yet"
+        label = "sandbox file" if file["kind"] == "sandbox" else "data file"
+        fields.append((label, f"{file['lfn']}  {human_size(file['size'])}  adler32 {file['adler32'] or '-'}  {state}"))
+    return fields
 
 
 def history_lines(job: Job) -> list[str]:
@@ -3214,7 +3777,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
             raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                             "try again later; `grid watch` follows it and downloads the output")
         if not job.output or not (batch_dir / job.output).is_dir():
-            job.output = engine.call(download_output, backend, job, batch_dir)
+            job.output = engine.downloader.download(job)
             job.error = ""
             store.save(job, sync=True)
             print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
@@ -3222,6 +3785,26 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
         raise BackendError(f"cannot download the output of #{job.num}: {e}",
                            "try again later; `grid watch` retries downloads by itself") from None
     return job
+
+
+# lfns
+
+def cmd_lfns(args: argparse.Namespace) -> int:
+    """The output data LFNs of the batch's jobs, one per line: what the next batch's setInputData takes."""
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    chosen = [pick_job(jobs, num, batch_dir) for num in dict.fromkeys(args.jobs)] or \
+        [jobs[num] for num in sorted(jobs)]
+    if args.status:
+        chosen = [job for job in chosen if job.status == args.status]
+    lines = [file["lfn"] for job in chosen for file in job.outputs or ()
+             if file["kind"] == "data" and file["registered"]]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    unknown = sum(1 for job in chosen if job.submitted and is_final(job.status) and job.outputs is None)
+    if unknown:
+        print(f"grid: note: the output files of {unknown} final job(s) are not looked up yet; "
+              "`grid watch` does it", file=sys.stderr)
+    return EXIT_OK
 
 
 # export
@@ -3472,6 +4055,15 @@ def add_day_to_day_commands(commands: Any) -> None:
                       "(e.g. std.err, std.out)")
     logs.set_defaults(func=cmd_logs)
 
+    lfns = commands.add_parser(
+        "lfns", help="the output data LFNs of the batch's jobs, one per line",
+        description="Print the LFN of every output data file the batch's jobs left on grid storage (found "
+        "when `watch` downloads their outputs, whatever --data says), one per line: the input of the next "
+        "batch's setInputData. Works while `watch` runs; does not contact the server.")
+    lfns.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="only these jobs (local numbers)")
+    lfns.add_argument("--status", choices=sorted(FINAL), help="only jobs with this status, e.g. Done")
+    lfns.set_defaults(func=cmd_lfns)
+
     export = commands.add_parser(
         "export", help="every stored field of every job, as CSV or JSON",
         description="Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as "
@@ -3508,6 +4100,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="return when every job is final (default); as soon as one job has failed "
                         "for good, since not all can be done (all-done); or at the first failure, "
                         "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
+    parser.add_argument("--data", choices=DATA_CHOICES, default=None,
+                        help="which output data files (setOutputData) of final jobs to download into their "
+                        "folders: all (default) or none; kept in the batch, a later `watch --data` changes it. "
+                        "An output sandbox DIRAC put on grid storage for its size is always downloaded")
+    parser.add_argument("--data-pattern", default=None, metavar="GLOB",
+                        help="download only the output data files whose name matches GLOB (the whole LFN "
+                        "if GLOB has a '/'); kept in the batch like --data")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line and event, instead of text")
 

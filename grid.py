@@ -374,6 +374,21 @@ class Job:
         return not is_final(self.status) if self.submitted else self.status == SUBMITTING
 
     @property
+    def data_missing(self) -> list:
+        """Its selected data files on grid storage that are not in its folder yet (see DataSelection)."""
+        return [r for r in self.outputs or ()
+                if r["kind"] == "data" and r.get("wanted", True) and not r["downloaded"]]
+
+    @property
+    def output_missing(self) -> bool:
+        """Final, and its output folder is not there yet or lacks selected files (--data widened)."""
+        return self.submitted and is_final(self.status) and (not self.output or bool(self.data_missing))
+
+    @property
+    def needs_download(self) -> bool:
+        return self.output_missing and self.download_tries < DOWNLOAD_ATTEMPTS
+
+    @property
     def ended_at(self) -> float:
         """When the job ended; for a job recorded before `ended` existed, when we saw it end."""
         return self.ended or (self.history[-1][1] if self.history else 0.0)
@@ -409,7 +424,7 @@ def output_record(file: OutputFile) -> dict:
     (`downloaded` once it is in the job's folder and verified, `problem` when it could not be)."""
     problem = "" if file.registered else "declared by the job but not in the catalogue: never uploaded"
     return {"lfn": file.lfn, "size": file.size, "adler32": file.adler32, "kind": file.kind,
-            "registered": file.registered, "downloaded": False, "problem": problem}
+            "registered": file.registered, "wanted": True, "downloaded": False, "problem": problem}
 
 
 def record_name(record: dict) -> str:
@@ -429,6 +444,12 @@ class DataSelection:
     def from_meta(cls, meta: dict) -> "DataSelection":
         return cls(meta.get("data") or "all", meta.get("data_pattern") or "")
 
+    def apply(self, jobs: Iterable[Job]) -> None:
+        """Mark each known file wanted or not under this selection (it may have changed since)."""
+        for job in jobs:
+            for record in job.outputs or ():
+                record["wanted"] = self.wants(record)
+
     def wants(self, record: dict) -> bool:
         if record["kind"] != "data":
             return True                          # an output sandbox is always fetched
@@ -437,11 +458,6 @@ class DataSelection:
         if not self.pattern:
             return True
         return fnmatch.fnmatchcase(record["lfn"] if "/" in self.pattern else record_name(record), self.pattern)
-
-
-def data_missing(job: Job, selection: DataSelection) -> list[dict]:
-    """The job's selected files on grid storage that are not in its folder yet."""
-    return [r for r in job.outputs or () if selection.wants(r) and not r["downloaded"]]
 
 
 @dataclass(slots=True)
@@ -2050,6 +2066,7 @@ class OutputDownloader:
         final = self.batch_dir / relative
         if job.outputs is None:
             job.outputs = [output_record(f) for f in self.look_up(job)]
+            self.selection.apply([job])
         if final.exists():              # renamed into place before: complete, but a wider --data
             place = final               # selection may add files to it, each verified first
         else:
@@ -2074,6 +2091,8 @@ class OutputDownloader:
         """The job's staging folder holding its complete output sandbox, fetched now if it is not there."""
         stage = self.tmp / stage_name(job)
         if stage.is_dir():
+            for record in job.outputs:
+                record["downloaded"] |= record["kind"] == "sandbox"     # extracted before a crash
             return stage
         self.tmp.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", suffix=".sandbox", dir=self.tmp))
@@ -2104,7 +2123,7 @@ class OutputDownloader:
 
     def fetch_data(self, job: Job, place: Path) -> None:
         """Each selected data file not in place yet, a few at once; the others go on when one fails."""
-        wanted = data_missing(job, self.selection)
+        wanted = job.data_missing
         if not wanted:
             return
         pool = gevent.pool.Pool(self.files_parallel)
@@ -2364,15 +2383,16 @@ class Engine:
     def run(self, watch: bool = True) -> dict[int, Job]:
         """Submit what is not submitted yet; with watch, follow every job until final and downloaded
         (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
+        self.selection.apply(self.jobs.values())
         clean_partial_downloads(self.batch_dir, keep=[stage_name(job) for job in self.jobs.values()
-                                                      if self.output_missing(job)])
+                                                      if job.output_missing])
         self.display.start(self)
         for job in self.jobs.values():
-            if self.output_missing(job):
+            if job.output_missing:
                 job.download_tries = 0           # every run tries each missing output again
             if not job.submitted and job.status == SUBMITTING:
                 self.queue_submission(job)
-            elif self.wants_download(job):
+            elif job.needs_download:
                 self.downloads.put(job.num)
             elif watch and job.failed:
                 self.settle(job)                 # failed before the last run ended: retry or exit now
@@ -2424,14 +2444,6 @@ class Engine:
     def check_finished(self) -> None:
         if not (self.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
             self.finished.set()
-
-    def output_missing(self, job: Job) -> bool:
-        """A final job's output folder is not there yet, or lacks selected files (--data widened)."""
-        return (job.submitted and is_final(job.status)
-                and (not job.output or bool(data_missing(job, self.selection))))
-
-    def wants_download(self, job: Job) -> bool:
-        return self.output_missing(job) and job.download_tries < DOWNLOAD_ATTEMPTS
 
     def pending_submissions(self) -> int:
         return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
@@ -2836,7 +2848,7 @@ class Engine:
         """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
         outages = 0
         try:
-            while self.wants_download(job) and not self.stopping.is_set():
+            while job.needs_download and not self.stopping.is_set():
                 try:
                     placed = bool(job.output)
                     job.output = self.downloader.download(job)
@@ -2857,7 +2869,7 @@ class Engine:
                     if job.download_tries < DOWNLOAD_ATTEMPTS:
                         self.stopping.wait(backoff(job.download_tries))
                 self.store.save(job)
-            if job.failed and not self.wants_download(job) and not self.stopping.is_set():
+            if job.failed and not job.needs_download and not self.stopping.is_set():
                 self.settle(job)
         finally:
             self.downloading -= 1
@@ -3224,12 +3236,11 @@ def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path
         prepare(engine)
     ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
     jobs = engine.run(watch=watch)
-    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early,
-                  selection=engine.selection)
+    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
 
 
 def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
-           early: Optional[str] = None, selection: DataSelection = DataSelection()) -> int:
+           early: Optional[str] = None) -> int:
     """The closing lines of submit/watch, and the exit code scripts chain on: 0 only if all is Done."""
     if stopped:
         return EXIT_INTERRUPTED
@@ -3241,8 +3252,7 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if not watched:
         display.result(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`", record)
         return EXIT_OK
-    missing = [j for j in jobs.values() if j.submitted and is_final(j.status)
-               and (not j.output or data_missing(j, selection))]
+    missing = [j for j in jobs.values() if j.output_missing]
     if early:
         text = f"stopped early ({early}): {done} done, {failed} failed, " \
                f"{len(jobs) - record['final']} not final yet; `grid watch` follows them"
@@ -3590,10 +3600,8 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
 def output_file_fields(job: Job, selection: DataSelection) -> list[tuple[str, str]]:
     """One line per file the job left on grid storage: LFN, size, checksum and where its download is."""
     if job.outputs is None:
-        looked = "not looked up yet (`grid watch` does it)" if job.submitted and is_final(job.status) else "-"
-        return [("grid files", looked)] if job.submitted and is_final(job.status) else []
-    if not job.outputs:
-        return [("grid files", "none")]
+        waiting = job.submitted and is_final(job.status) and not job.output
+        return [("grid files", "not looked up yet (`grid watch` does it)")] if waiting else []
     fields = []
     for file in job.outputs:
         if file["downloaded"]:

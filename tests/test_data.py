@@ -422,3 +422,74 @@ def test_sigkill_mid_download_leaves_nothing_outside_tmp_and_the_next_watch_comp
     assert len(again) == 18 - 6 * len(complete) - len(verified)
     assert files_outside_tmp(batch) == sorted(
         f"succeeded/{n:05d}_job-{n}/{name}" for n in range(1, 4) for name in [f"f{k}.dat" for k in range(6)] + ["std.out"])
+
+
+# -- the DIRAC backend's look-ups, with DIRAC's replies scripted (the lab has no job parameters) --------
+
+class Reply:
+    """A DIRAC client whose every method answers from a table: {method: function(*args) -> S_OK/S_ERROR}."""
+
+    def __init__(self, **answers):
+        self.answers, self.calls = answers, []
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            return self.answers[name](*args)
+        return call
+
+
+def ok(value):
+    return {"OK": True, "Value": value}
+
+
+def dirac_backend(monitoring, catalogue):
+    backend = grid.DiracBackend()
+    clients = type("Clients", (), {})()
+    clients.monitoring = monitoring
+    clients.data_manager = type("DM", (), {"fileCatalog": catalogue})()
+    backend._clients = lambda: clients
+    backend._require_proxy = lambda: None
+    return backend
+
+
+JDL = '[ Owner = "alice"; OwnerGroup = "dirac_user"; OutputData = {"out.dat", "*.root"}; Executable = "x"; ]'
+
+
+def test_without_job_parameters_the_jdl_and_one_listing_find_the_files_and_parameters_are_asked_once():
+    directory = "/dirac/user/a/alice/0/42"
+    listing = {f"{directory}/out.dat": {"MetaData": {"Size": 5, "Checksum": "0a0b0c0d"}},
+               f"{directory}/h.root": {"MetaData": {"Size": 7, "Checksum": "01"}},
+               f"{directory}/LDSB.abcdefgh": {"MetaData": {"Size": 9, "Checksum": "02"}},
+               f"{directory}/other.txt": {"MetaData": {"Size": 1, "Checksum": "03"}}}
+    monitoring = Reply(getJobParameters=lambda *a: {"OK": False, "Message": "Not connected"},
+                       getJobJDL=lambda job_id, original: ok(JDL))
+    catalogue = Reply(listDirectory=lambda path: ok({"Successful": {path: {"Files": listing}}, "Failed": {}}))
+    backend = dirac_backend(monitoring, catalogue)
+    files = backend.job_outputs(42, True)
+    assert [(f.name, f.size, f.adler32, f.kind) for f in files] == \
+        [("out.dat", 5, "0a0b0c0d", "data"), ("h.root", 7, "01", "data")]
+    backend.job_outputs(42, True)
+    assert monitoring.calls.count("getJobParameters") == 1 and catalogue.calls == ["listDirectory"] * 2
+
+
+def test_uploaded_output_data_is_used_where_the_server_keeps_job_parameters():
+    lfns = "/vo/user/a/alice/x/a.dat, /vo/user/a/alice/x/b.dat"
+    monitoring = Reply(getJobParameters=lambda *a: ok({42: {"UploadedOutputData": lfns}}))
+    catalogue = Reply(getFileMetadata=lambda names: ok({"Successful": {
+        "/vo/user/a/alice/x/a.dat": {"Size": 3, "Checksum": "0f"}}, "Failed": {}}))
+    files = dirac_backend(monitoring, catalogue).job_outputs(42, True)
+    assert [(f.lfn, f.size, f.registered) for f in files] == \
+        [("/vo/user/a/alice/x/a.dat", 3, True), ("/vo/user/a/alice/x/b.dat", 0, False)]
+    assert "getJobJDL" not in monitoring.calls
+
+
+def test_a_catalogue_that_does_not_answer_is_an_outage():
+    monitoring = Reply(getJobParameters=lambda *a: {"OK": False, "Message": "Not connected"},
+                       getJobJDL=lambda job_id, original: ok(JDL))
+    catalogue = Reply(listDirectory=lambda path: {"OK": False, "Message": "Cannot get URL for "
+                                                  "DataManagement/FileCatalog: [Errno 111] Connection refused"})
+    backend = dirac_backend(monitoring, catalogue)
+    backend.proxy_seconds_left = lambda: 3600.0
+    with pytest.raises(grid.ServerUnreachable):
+        backend.job_outputs(42, True)

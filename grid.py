@@ -139,7 +139,8 @@ BACKOFF_MAX = 300.0                  # longest wait between retries of a failing
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
 FILES_PARALLEL = 4                   # files of one job downloading at once (within the download pool)
-DISK_RESERVE = 256 * 2**20           # bytes of the batch's disk that downloads leave free
+DISK_RESERVE = 256 * 2**20           # bytes of the batch's disk that downloads leave free (at most
+DISK_RESERVE_SHARE = 0.05            # this share of a small disk)
 DISK_POLL = 10.0                     # seconds between looks at the free space while downloads pause
 DATA_CHOICES = ("all", "none")       # --data: which output data files are downloaded
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
@@ -1959,9 +1960,10 @@ def direct_call(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
 
-def free_bytes(folder: Path) -> int:
-    """Free space for downloads on the disk holding folder (patched by tests to fill the disk)."""
-    return shutil.disk_usage(folder).free
+def free_bytes(folder: Path) -> tuple[int, int]:
+    """Free and total space of the disk holding folder (patched by tests to fill the disk)."""
+    usage = shutil.disk_usage(folder)
+    return usage.free, usage.total
 
 
 def file_adler32(path: Path) -> str:
@@ -2005,22 +2007,22 @@ class DiskRoom:
     """Downloads claim their size before they start; while the disk has too little free space (beyond
     what is claimed and DISK_RESERVE), they pause, said in one line, and resume once space appears."""
 
-    def __init__(self, folder: Path, say: Callable[[str], None], reserve: int = DISK_RESERVE,
-                 poll: float = DISK_POLL) -> None:
-        self.folder, self.say, self.reserve, self.poll = folder, say, reserve, poll
+    def __init__(self, folder: Path, say: Callable[[str], None], poll: float = DISK_POLL) -> None:
+        self.folder, self.say, self.poll = folder, say, poll
         self.claimed = 0
         self.paused = False
 
     @contextlib.contextmanager
     def room(self, size: int) -> Iterator[None]:
         while True:
-            free = free_bytes(self.folder)
-            if free - self.claimed - size >= self.reserve:
+            free, total = free_bytes(self.folder)
+            reserve = min(DISK_RESERVE, int(DISK_RESERVE_SHARE * total))
+            if free - self.claimed - size >= reserve:
                 break
             if not self.paused:
                 self.paused = True
                 self.say(f"downloads paused: the disk of {self.folder.parent} has {human_size(free)} free, "
-                         f"{human_size(size + self.claimed)} more are needed (keeping {human_size(self.reserve)} "
+                         f"{human_size(size + self.claimed)} more are needed (keeping {human_size(reserve)} "
                          "spare); free some space and they resume by themselves")
             gevent.sleep(self.poll)
         if self.paused:

@@ -352,7 +352,7 @@ def test_watch_keeps_data_options_in_the_batch(batch, monkeypatch):
 
 def test_a_full_disk_pauses_downloads_with_one_line_and_they_resume(batch, monkeypatch):
     free = {"bytes": 10 * 2**20}
-    monkeypatch.setattr(grid, "free_bytes", lambda folder: free["bytes"])
+    monkeypatch.setattr(grid, "free_bytes", lambda folder: (free["bytes"], 100 * 2**30))
     monkeypatch.setattr(grid, "DISK_POLL", 0.02)
     files = {101 + n: {"x.dat": payload(1000, n)} for n in range(3)}
     backend = GridStorage(files)

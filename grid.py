@@ -957,8 +957,9 @@ def import_dirac_job() -> type:
 
 
 def quiet_dirac_logs(logger: Any) -> None:
-    """DIRAC's own log lines would interleave with ours; its errors reach the user through ours."""
-    logger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+    """DIRAC's own log lines would interleave with ours; its errors reach the user through ours. Even
+    ERROR: DISET logs a traceback for every connection reset while a service stops or starts."""
+    logger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "FATAL"))
 
 
 # ==================================================================================================

@@ -133,7 +133,7 @@ def make_engine(batch: Path, n: int, backend: grid.Backend, meta: dict = None, o
 
 def rerun(engine: grid.Engine, backend: grid.Backend, out=None) -> grid.Engine:
     """A later `grid watch` of the same batch."""
-    return grid.Engine(engine.store, backend, grid.Display(out or io.StringIO()), engine.batch_dir, interval=0.001)
+    return grid.Engine(engine.batch.store, backend, grid.Display(out or io.StringIO()), engine.batch_dir, interval=0.001)
 
 
 def files_outside_tmp(batch: Path) -> list[str]:
@@ -212,7 +212,7 @@ def test_data_files_land_in_the_jobs_folder_with_its_sandbox_verified(batch):
     backend = GridStorage(files)
     engine = make_engine(batch, 2, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     folder = batch / "succeeded" / "00001_job-1"
     assert sorted(p.name for p in folder.iterdir()) == ["a.dat", "b.root", "std.out"]
     assert (folder / "b.root").read_bytes() == files[101]["b.root"]
@@ -235,7 +235,7 @@ def test_a_bad_checksum_keeps_the_folder_out_and_says_why_while_the_rest_goes_on
     assert "bad checksum" in bad["problem"] and not bad["downloaded"]
     assert "bad.dat" in jobs[1].error and jobs[1].download_tries == grid.DOWNLOAD_ATTEMPTS
     assert files_outside_tmp(batch) == ["succeeded/00002_job-2/other.dat", "succeeded/00002_job-2/std.out"]
-    engine.store.close()
+    engine.batch.store.close()
     capsys_status = subprocess.run([sys.executable, str(TESTS.parent / "grid.py"), "status", "--json"],
                                    cwd=batch, capture_output=True, text=True)
     record = json.loads(capsys_status.stdout)["jobs"][0]
@@ -254,7 +254,7 @@ def test_a_second_replica_replaces_a_bad_first_one(batch):
     backend = GridStorage({101: {"x.dat": data}}, copies={lfn: {"SE-1": b"\0" * 400, "SE-2": data}})
     engine = make_engine(batch, 1, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert (batch / "succeeded" / "00001_job-1" / "x.dat").read_bytes() == data
     assert (lfn, "SE-2") in backend.fetched and jobs[1].error == ""
 
@@ -269,7 +269,7 @@ def test_a_file_missing_from_storage_is_reported_and_retried_by_the_next_watch(b
     assert "x.dat" in jobs[1].error and "No such file" in jobs[1].outputs[0]["problem"]
     backend.copies.clear()                                   # the replica is back
     jobs = rerun(engine, backend).run()
-    engine.store.close()
+    engine.batch.store.close()
     assert (batch / "succeeded" / "00001_job-1" / "x.dat").read_bytes() == data
     assert jobs[1].error == "" and jobs[1].outputs[0]["downloaded"]
 
@@ -283,7 +283,7 @@ def test_verified_files_are_never_downloaded_twice(batch):
     backend.copies.clear()
     backend.fetched.clear()
     rerun(engine, backend).run()
-    engine.store.close()
+    engine.batch.store.close()
     assert [lfn for lfn, _ in backend.fetched] == [f"{BASE}/0/101/b.dat"]
     assert sorted(p.name for p in (batch / "succeeded" / "00001_job-1").iterdir()) == ["a.dat", "b.dat", "std.out"]
 
@@ -297,10 +297,10 @@ def test_a_storage_element_down_is_one_line_costs_no_try_and_recovers(batch):
     worker = gevent.spawn(engine.run)
     gevent.sleep(0.5)
     assert not (batch / "succeeded").exists() or not any((batch / "succeeded").iterdir())
-    assert all(job.download_tries == 0 for job in engine.jobs.values())
+    assert all(job.download_tries == 0 for job in engine.batch.jobs.values())
     backend.down.clear()
     jobs = worker.get(timeout=30)
-    engine.store.close()
+    engine.batch.store.close()
     lines = out.getvalue().splitlines()
     assert sum("server unreachable since" in line for line in lines) == 1
     assert sum("reachable again" in line for line in lines) == 1
@@ -311,7 +311,7 @@ def test_an_oversized_sandbox_comes_from_storage_extracted_safely(batch):
     backend = GridStorage({101: {"x.dat": payload(10, 1)}, 102: {}}, failing={102}, sandbox_on_storage={101, 102})
     engine = make_engine(batch, 2, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     done, failed = batch / "succeeded" / "00001_job-1", batch / "failed" / "00002_job-2"
     assert sorted(p.name for p in done.iterdir()) == ["big.bin", "std.out", "x.dat"]
     assert (done / "std.out").read_text() == "sandbox of 101\n"
@@ -329,9 +329,9 @@ def test_data_none_then_a_pattern_on_watch_adds_the_chosen_files_each_verified(b
     folder = batch / "succeeded" / "00001_job-1"
     assert sorted(p.name for p in folder.iterdir()) == ["std.out"]
     assert len(jobs[1].outputs) == 3 and backend.fetched == []       # looked up, not downloaded
-    engine.store.update_meta(data="all", data_pattern="*.root")
+    engine.batch.store.update_meta(data="all", data_pattern="*.root")
     jobs = rerun(engine, backend).run()
-    engine.store.close()
+    engine.batch.store.close()
     assert sorted(p.name for p in folder.iterdir()) == ["a.root", "c.root", "std.out"]
     assert (folder / "c.root").read_bytes() == files[101]["c.root"]
     assert grid.main(["-C", str(batch), "lfns"]) == 0
@@ -341,7 +341,7 @@ def test_data_none_then_a_pattern_on_watch_adds_the_chosen_files_each_verified(b
 def test_watch_keeps_data_options_in_the_batch(batch, monkeypatch):
     backend = GridStorage({101: {"a.root": payload(10, 1)}})
     engine = make_engine(batch, 1, backend)
-    engine.store.close()
+    engine.batch.store.close()
     monkeypatch.setattr(grid, "make_backend", lambda name, batch_dir: backend)
     assert grid.main(["-C", str(batch), "watch", "--data", "none", "--data-pattern", "*.root"]) == 0
     with grid.Store.snapshot(batch) as store:
@@ -364,7 +364,7 @@ def test_a_full_disk_pauses_downloads_with_one_line_and_they_resume(batch, monke
     assert backend.fetched == [] and not worker.ready()
     free["bytes"] = 2 * 2**30
     jobs = worker.get(timeout=30)
-    engine.store.close()
+    engine.batch.store.close()
     lines = out.getvalue().splitlines()
     assert sum("downloads paused" in line for line in lines) == 1
     assert sum("downloads resume" in line for line in lines) == 1

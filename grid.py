@@ -28,6 +28,21 @@ Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors
 Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
 """
 
+import os
+import signal
+import sys
+
+
+def interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while Python imports gevent, plyvel and the rest (a few tenths of a second): nothing
+    has been done yet, so say so in one line instead of a traceback of the import machinery."""
+    sys.stderr.write("grid: interrupted while starting; nothing was done\n")
+    sys.stderr.flush()
+    os._exit(130)                              # EXIT_INTERRUPTED, defined below
+
+
+IMPORT_TIME_SIGINT = signal.signal(signal.SIGINT, interrupted_while_starting)   # put back at the end
+
 # gevent first. DIRAC's DISET client does its TLS I/O inside M2Crypto's C code, which no monkey
 # patch can make cooperative: under a full patch_all() every DIRAC call would block the process.
 # So threads stay real (thread=False): DIRAC calls run in gevent's threadpool and overlap, while
@@ -72,18 +87,18 @@ import glob  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import functools  # noqa: E402
 import marshal  # noqa: E402
 import os  # noqa: E402
 import posixpath  # noqa: E402
+import pwd  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import stat  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -230,8 +245,12 @@ class BackendError(GridError):
     exit_code = EXIT_BACKEND
 
 
-class CallFailed(Exception):
-    """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+class CallFailed(GridError):
+    """One backend call failed; the engine retries it later (server down, timeout, error reply).
+    A command that calls the server once meets it through BackendCalls.once, which gives it the
+    command's fix; it is a GridError so that none can reach the user as a traceback."""
+
+    exit_code = EXIT_BACKEND
 
 
 class BundleTooLarge(CallFailed):
@@ -534,6 +553,17 @@ class LoggingRecord:
     source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
 
 
+# Control characters as the escapes a reader knows: a job name with a newline or a tab would break
+# one-line-per-job output into two lines, or one column into two. JSON keeps them as they are.
+ONE_LINE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
+                          "\n": "\\n", "\t": "\\t", "\r": "\\r"})
+
+
+def one_line(text: str) -> str:
+    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b)."""
+    return text.translate(ONE_LINE)
+
+
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
 
 
@@ -563,6 +593,20 @@ def exit_code(job: Job) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def exit_meaning(code: int) -> str:
+    """An exit status as a person reads it: a negative one is the signal that ended the step
+    (Python's and DIRAC's way of saying so: -11 is SIGSEGV)."""
+    if code == NOT_STARTED_STATUS:
+        return f"none: the step could not be started (DIRAC reports {code})"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return str(code)
+
+
 # ==================================================================================================
 # Store
 # ==================================================================================================
@@ -579,6 +623,59 @@ def job_key(num: int) -> bytes:
 
 def spec_key(num: int) -> bytes:
     return b"spec/%09d" % num
+
+
+def plyvel_errors_converted(method: Callable) -> Callable:
+    """A Store method whose plyvel errors (a disk full, a folder made read-only meanwhile) become
+    the program's own: the store is the only code that touches plyvel, so they are converted here."""
+
+    @functools.wraps(method)
+    def converted(store: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(store, *args, **kwargs)
+        except plyvel.Error as e:
+            raise database_error(e, store.state_dir) from None
+
+    return converted
+
+
+def database_error(error: Exception, state_dir: Path) -> GridError:
+    """What a plyvel error means for the user, and the fix. LevelDB says "IO error: <file>:
+    Permission denied" for a file it may not open, the LOCK file included, and "IO error: lock
+    <file>: ..." when another process holds the lock."""
+    text = plyvel_message(error)
+    denied = re.search(r"IO error: (?:lock )?(.+): Permission denied", text)
+    if denied:
+        path = Path(denied.group(1))
+        if not path.is_relative_to(state_dir):       # a snapshot's link to the batch's own file
+            path = state_dir / "db" / path.name
+        return BatchError(f"cannot use the batch database: permission denied on {path}",
+                          permission_fix(path, state_dir))
+    if re.search(r"IO error: lock |already held by process", text):
+        return BatchInUse(f"the batch in {state_dir.parent} is in use by {describe_owner(state_dir)}",
+                          "wait for it to finish or stop it (Ctrl-C); `grid status` works meanwhile")
+    if isinstance(error, plyvel.CorruptionError):
+        return BatchError(f"the batch database is damaged: {text}",
+                          f"repair it with: python -c \"import plyvel; "
+                          f"plyvel.repair_db('{state_dir / 'db'}')\"")
+    return BatchError(f"cannot use the batch database in {state_dir / 'db'}: {text}",
+                      f"check the disk and the permissions of {state_dir}")
+
+
+def permission_fix(path: Path, state_dir: Path) -> str:
+    """Whose the file is decides the fix: the owner makes it writable again, anyone else asks them."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        uid = state_dir.stat().st_uid if state_dir.exists() else os.getuid()
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"uid {uid}"
+    if uid == os.geteuid():
+        return f"give yourself access to the batch's state again: `chmod -R u+rwX {shlex.quote(str(state_dir))}`"
+    return (f"the batch belongs to {owner}: run grid as {owner}, or work on a copy of the batch "
+            "directory; `grid status` needs only read access")
 
 
 class Store:
@@ -613,26 +710,21 @@ class Store:
         except PermissionError as e:
             raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
                              "submit from a directory you can write to") from None
-        except plyvel.IOError as e:
-            if "lock" in str(e).lower():
-                raise BatchInUse(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
-                                 "wait for it to finish or stop it (Ctrl-C); "
-                                 "`grid status` works meanwhile") from None
-            raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
-                             f"check the permissions of {state_dir}") from None
-        except plyvel.CorruptionError as e:
-            raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
-                             f"repair it with: python -c \"import plyvel; "
-                             f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
-        if not create and db.get(b"meta") is None:
-            db.close()                   # a `submit` killed before it stored the jobs: nothing was sent
-            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
-                             "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+        except plyvel.Error as e:
+            raise database_error(e, state_dir) from None
+        store = cls(db, state_dir, owned=False, path=path)
+        try:
+            if not create and not store.meta():  # a `submit` killed before it stored the jobs: none sent
+                raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                                 "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+            if not create:
+                store.check_format(upgrade=True)
+        except GridError:
+            store.close()
+            raise
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
-        store = cls(db, state_dir, owned=True, path=path)
-        if not create:
-            store.check_format(upgrade=True)
+        store.owned = True
         return store
 
     @classmethod
@@ -650,6 +742,9 @@ class Store:
                     copy_leveldb(source, copy)
                     db = plyvel.DB(str(copy))
                     break
+                except PermissionError as e:
+                    raise BatchError(f"cannot read the batch database: permission denied on {e.filename}",
+                                     permission_fix(Path(e.filename), source.parent)) from None
                 except (OSError, plyvel.Error):   # a compaction moved files under us: copy again
                     shutil.rmtree(copy, ignore_errors=True)
                     time.sleep(0.05 * (attempt + 1))
@@ -663,6 +758,7 @@ class Store:
             finally:
                 db.close()
 
+    @plyvel_errors_converted
     def close(self) -> None:
         if not self.db.closed:
             self.db.close()
@@ -672,6 +768,7 @@ class Store:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
 
+    @plyvel_errors_converted
     def check_format(self, upgrade: bool = False) -> None:
         """Refuse a batch written by a newer grid.py; with upgrade, mark an older one as now written
         in this format (its records are read either way, and rewritten as jobs change)."""
@@ -687,20 +784,24 @@ class Store:
 
     # -- reading ----------------------------------------------------------------------------------
 
+    @plyvel_errors_converted
     def meta(self) -> dict:
         raw = self.db.get(b"meta")
         return json.loads(raw) if raw else {}
 
+    @plyvel_errors_converted
     def jobs(self) -> dict[int, Job]:
         with gc_paused():
             jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
             return {job.num: job for job in jobs}
 
+    @plyvel_errors_converted
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
 
     # -- writing: everything that belongs together goes in one write batch -----------------------
 
+    @plyvel_errors_converted
     def create_batch(self, meta: dict, jobs: Iterable[Job], specs: Iterable["JobSpec | bytes"]) -> None:
         """Write a new batch (specs as JobSpec or as JobSpec.to_bytes()), then put it in place whole."""
         pairs = zip(jobs, specs)
@@ -720,9 +821,11 @@ class Store:
             self.path = self.state_dir / "db"
             self.db = plyvel.DB(str(self.path))
 
+    @plyvel_errors_converted
     def update_meta(self, **changes: Any) -> None:
         self.db.put(b"meta", json.dumps({**self.meta(), **changes}).encode(), sync=True)
 
+    @plyvel_errors_converted
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
         with self.db.write_batch(transaction=True, sync=sync) as batch:
@@ -786,19 +889,26 @@ def describe_owner(state_dir: Path) -> str:
     try:
         owner = json.loads((state_dir / "owner").read_text())
         since = time.strftime("%H:%M:%S", time.localtime(owner["since"]))
-        return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
-    except (OSError, ValueError, KeyError):
-        return "another grid command"
+        if process_alive(int(owner["pid"])):         # a killed command leaves its file behind
+            return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "another grid command"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()                       # a disk full or a folder in the way leaves nothing behind
+        raise
 
 
 def remove_tree(path: Path) -> None:
@@ -927,8 +1037,8 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool,
         namespace["__builtins__"] = job_file_builtins(job_class, defined)
     try:
         exec(code, namespace)
-    except JobFileError:
-        raise
+    except (JobFileError, KeyboardInterrupt):
+        raise                                        # Ctrl-C is no mistake in the job file
     except SystemExit as e:
         if e.code not in (None, 0):
             raise JobFileError(f"{path}: exited with {e.code}; nothing was submitted") from None
@@ -2545,6 +2655,17 @@ def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
         return False, e
 
 
+def read_umask() -> int:
+    """The process's umask: it can only be read by setting it, so this runs once, at import, before
+    any thread could create a file meanwhile."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()
+
+
 def direct_call(fn: Callable, *args: Any) -> Any:
     return fn(*args)
 
@@ -2700,6 +2821,7 @@ class OutputDownloader:
                     job.outputs.append(tarball)
             if tarball:
                 self.fetch_grid_sandbox(job, tarball, tmp)
+            tmp.chmod(0o777 & ~UMASK)        # mkdtemp's 0700 is for .grid/tmp; the folder is the user's
             os.rename(tmp, stage)
         finally:
             remove_tree(tmp)
@@ -3426,7 +3548,8 @@ class Engine:
                 workers[0].join()
         finally:
             for handler in handlers:
-                handler.cancel()
+                handler.cancel()              # libev leaves SIG_DFL behind: Ctrl-C would kill silently
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
             self.display.close(self)
@@ -3728,14 +3851,30 @@ class Display(Listener):
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
         self.last_summary: Optional[str] = None
+        self.closed = False                       # the reader of out went away
+        self.stop_engine: Optional[Callable[[], None]] = None
         encoding = (getattr(self.out, "encoding", None) or "").lower()
         self.arrow = "→" if encoding.startswith("utf") else "->"
 
     def write(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.output_closed()
+
+    def output_closed(self) -> None:
+        """The reader went away (`grid watch | head`): nobody follows the run, so it stops as on
+        Ctrl-C (state is kept), silently."""
+        silence(self.out)
+        self.closed = True
+        if self.stop_engine:
+            self.stop_engine()
 
     def start(self, engine: Engine) -> None:
+        self.stop_engine = engine.stop
+        if self.closed:
+            engine.stop()
         self.summary(engine.batch.counts())
 
     def close(self, engine: Engine) -> None:
@@ -3749,14 +3888,14 @@ class Display(Listener):
 
     def transition(self, job: Job, old: str) -> None:
         minor = f" ({job.minor})" if job.minor else ""
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {job.name}: "
-                   f"{old} {self.arrow} {job.status}{minor}")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {one_line(job.name)}: "
+                   f"{old} {self.arrow} {job.status}{one_line(minor)}")
 
     def downloaded(self, job: Job) -> None:
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {job.name}: output in {job.output}/")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {one_line(job.name)}: output in {job.output}/")
 
     def message(self, text: str) -> None:
-        self.write(f"{clock(None)} {text}")
+        self.write(f"{clock(None)} {one_line(text)}")
 
     def result(self, text: str, record: dict) -> None:
         """The closing line(s) of a command; record is what --json prints instead."""
@@ -3863,11 +4002,33 @@ def visible_length(text: str) -> int:
     return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
 
 
+def silence(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null: Python's flush at exit would meet the
+    closed pipe again and print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+def json_lines_out() -> Any:
+    """--json: stdout for the JSON lines alone. What else would go to stdout from now on (the job
+    files' prints, DIRAC's log lines, child processes) goes to stderr: fd 1 becomes a copy of fd 2,
+    and the JSON lines get a descriptor of their own on the original stdout."""
+    try:
+        sys.stdout.flush()
+        json_fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):            # no real stdout (embedded, captured): nothing to split
+        return sys.stdout
+    return os.fdopen(json_fd, "w", encoding="utf-8")
+
+
 def make_display(json_lines: bool = False, out: Any = None) -> Display:
     """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
-    out = out or sys.stdout
     if json_lines:
-        return JsonDisplay(out)
+        return JsonDisplay(out or json_lines_out())
+    out = out or sys.stdout
     if out.isatty() and os.environ.get("TERM", "") != "dumb":
         return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
     return Display(out)
@@ -3889,6 +4050,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.dry_run and holds_batch(batch_dir):
         raise BatchError(f"{batch_dir} already holds a batch",
                          "resume it with `grid watch`, or submit from a new directory")
+    display = make_display(args.json)       # first: with --json, the job files' prints go to stderr
     tag = new_batch_tag(batch_dir)
     with contextlib.chdir(batch_dir):
         specs = load_job_files(args.jobfiles, tag, args.backend)
@@ -3908,7 +4070,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
-        display = make_display(args.json)
         display.message(f"{len(specs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
                         f"on the {args.backend} backend")
         specs.close()
@@ -3945,7 +4106,7 @@ def print_dry_run(specs: SpecSpool, backend: str) -> None:
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
-        print(f"#{num} {spec.name}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        print(f"#{num} {one_line(spec.name)}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
         ignored = ignored_locally(spec, defaults) if backend == "local" else []
         if ignored:
             print(f"    ignored on this machine: {'; '.join(ignored)}")
@@ -3974,9 +4135,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     store = Store.open(batch_dir, "watch")
     try:
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        return run_engine(store, backend, make_display(args.json), batch_dir, args, watch=True)
+        return run_engine(store, backend, display, batch_dir, args, watch=True)
     finally:
         store.close()
 
@@ -4023,10 +4185,10 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
         text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
         what = "output incomplete" if job.output else "no output"
-        text += f"\n  #{job.num} {job.name}: {what} ({job.error or 'not downloaded'})"
+        text += f"\n  #{job.num} {one_line(job.name)}: {what} ({job.error or 'not downloaded'})"
     never = [(j, r) for j in jobs.values() if j.status == DONE for r in j.outputs or () if not r["registered"]]
     for job, file in never:
-        text += f"\n  #{job.num} {job.name}: {record_name(file)}: {file['problem']}"
+        text += f"\n  #{job.num} {one_line(job.name)}: {record_name(file)}: {file['problem']}"
     record["no_output"] = [j.num for j in missing]
     display.result(text, record)
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
@@ -4069,12 +4231,18 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             job = not_final[0]
             raise UsageError(f"job #{job.num} is {job.status}, not final: it cannot be resubmitted yet",
                              f"wait for it, or `grid kill {job.num}` first")
+        done = [j for j in chosen if not j.failed]
+        if done and not args.force:
+            named = " ".join(f"#{j.num}" for j in done[:10]) + (" ..." if len(done) > 10 else "")
+            raise UsageError(f"{len(done)} job(s) named succeeded ({named}): resubmit is for failed jobs",
+                             "add --force to run them again anyway (their outputs move to "
+                             f"{RETRIED_DIR}/)")
         if not chosen:
             print("no failed job to resubmit")
             return EXIT_OK
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        display = make_display(args.json)
 
         def resubmit_chosen(engine: Engine) -> None:
             for job in chosen:
@@ -4121,7 +4289,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
                   "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
             return EXIT_OK
-        batch = Batch(store, batch_dir, Display())
+        batch = Batch(store, batch_dir, Display(io.StringIO()))     # one summary, not a line per job
         for job in unsent:
             batch.transition(batch.jobs[job.num], JobState(KILLED, "Killed before submission"))
         if on_server:
@@ -4147,7 +4315,8 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
         confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        batch, calls = Batch(store, batch_dir, Display()), BackendCalls(backend, Display(sys.stderr))
+        batch = Batch(store, batch_dir, Display(io.StringIO()))     # one summary, not a line per job
+        calls = BackendCalls(backend, Display(sys.stderr))
         ids = [j.dirac_id for j in chosen]
         fix = "check the jobs with `grid status`; DIRAC limits how often a job is rescheduled, " \
               "`grid resubmit` has no limit"
@@ -4185,9 +4354,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = [summary_line(counts)]
     for job in ordered:
-        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
-                              job.minor or "-", job.site or "-", job.output or "-"]
-                             + ([job.error] if job.error else [])))
+        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), one_line(job.name), job.status,
+                              one_line(job.minor) or "-", one_line(job.site) or "-", job.output or "-"]
+                             + ([one_line(job.error)] if job.error else [])))
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
@@ -4315,9 +4484,11 @@ def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, 
         sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
         examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
         more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
-        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+        code = exit_code(members[0])
+        killed = [f"       exit:  {exit_meaning(code)}"] if code is not None and code < 0 else []
+        lines += ["", f"{len(members):5d}  {one_line(reason)}", *killed, f"       sites: {one_line(sites)}",
                   f"       jobs:  {examples}{more}",
-                  f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
+                  f"       resubmit: {one_line(command_hint(args, 'resubmit', '--reason', reason))}"]
     return lines
 
 
@@ -4348,10 +4519,8 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields = [("status", f"{job.status} since {when(since)}"), ("minor", job.minor or "-"),
               ("application", job.app or "-")]
     code = exit_code(job)
-    if code == NOT_STARTED_STATUS:
-        fields.append(("exit code", f"none: the step could not be started (DIRAC reports {code})"))
-    elif code is not None:
-        fields.append(("exit code", str(code)))
+    if code is not None:
+        fields.append(("exit code", exit_meaning(code)))
     if is_failed(job.status):
         fields.append(("reason", failure_reason(job)))
     id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"
@@ -4369,7 +4538,7 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
                        f"at {when(attempt['ended'] or 0)}: {attempt['reason'] or attempt['minor']}{kept}"))
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
-    return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+    return [f"#{job.num} {one_line(job.name)}"] + [f"  {label + ':':<13}{one_line(value)}" for label, value in fields]
 
 
 def output_file_fields(job: Job, selection: DataSelection) -> list[tuple[str, str]]:
@@ -4550,7 +4719,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
         before = job.status
         batch.apply(calls.once(backend.status, [job.dirac_id], failure=failure, fix=fix))
         if job.status != before:
-            print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+            print(f"#{job.num} {one_line(job.name)}: {job.status} on the server (was {before} here)", file=sys.stderr)
     if not is_final(job.status):
         raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                         "try again later; `grid watch` follows it and downloads the output")
@@ -4560,7 +4729,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
                                 errors=(CallFailed, tarfile.TarError))
         job.error = ""
         store.save(job, sync=True)
-        print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
+        print(f"#{job.num} {one_line(job.name)}: output downloaded into {job.output}/", file=sys.stderr)
     return job
 
 
@@ -4598,9 +4767,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         if target == "-":
             sys.stdout.write(text)
         elif target:
-            atomic_write(Path(target), text.encode())
+            write_export(Path(target), text)
             print(f"{len(ordered)} job(s) written to {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def write_export(path: Path, text: str) -> None:
+    """Write the user's file whole or not at all; a failure names their file, not the temporary one.
+    A device or a named pipe (/dev/stdout, a FIFO) is written to, never replaced by a file."""
+    if path.is_dir():
+        raise GridError(f"cannot write {path}: it is a folder", f"give a file name, e.g. {path / 'jobs.csv'}")
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "w") as f:
+                f.write(text)
+        else:
+            atomic_write(path.resolve() if path.is_symlink() else path, text.encode())
+    except OSError as e:
+        why = "no such folder" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        raise GridError(f"cannot write {path}: {why}",
+                        "give a file in a folder that exists and that you can write to, "
+                        "or '-' for the terminal") from None
 
 
 def jobs_csv(jobs: list[Job]) -> str:
@@ -4672,7 +4859,7 @@ def batch_record(path: Path, root: Path) -> dict:
     try:
         with Store.snapshot(path) as store:
             meta, jobs = store.meta(), store.jobs()
-    except (GridError, OSError, plyvel.Error, ValueError) as e:
+    except (GridError, OSError, ValueError) as e:
         record["error"] = getattr(e, "message", None) or str(e)
         return record
     counts = column_counts(job.status for job in jobs.values())
@@ -4683,10 +4870,10 @@ def batch_record(path: Path, root: Path) -> dict:
 
 def batch_line(record: dict) -> str:
     if record["error"]:
-        return f"{record['path']}\tunreadable: {record['error']}"
+        return f"{one_line(record['path'])}\tunreadable: {one_line(record['error'])}"
     counts = [record["summary"][name] for name in COLUMN_NAMES]
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"])) if record["created"] else "-"
-    line = f"{record['path']}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
+    line = f"{one_line(record['path'])}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
     owner = record["in_use_by"]
     return line + (f"\tin use by `grid {owner['command']}` (pid {owner['pid']})" if owner else "")
 
@@ -4714,7 +4901,10 @@ def cmd_local_site(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grid", description="Submit, watch and download DIRAC grid jobs concurrently. "
-        "A directory is a batch: run the commands from it (or name it with -C).")
+        "A directory is a batch: run the commands from it (or name it with -C).",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 job file, 4 batch, 5 backend, 6 not every job "
+        "Done, 130 interrupted (Ctrl-C at any moment, with one line saying what was kept; or a closed "
+        "output pipe of submit/watch). Output cut by a closed pipe otherwise ends quietly.")
     parser.add_argument("--version", action="version", version=f"grid.py {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-C", dest="batch", default=".", metavar="DIR",
@@ -4749,7 +4939,8 @@ def build_parser() -> argparse.ArgumentParser:
         "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
         "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
         "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
-        "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
+        "every job is Done, 6 if not. Ctrl-C stops (exit 130), and so does a closed output pipe; state is "
+        "kept. A server outage is one line and is "
         "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
         "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
@@ -4758,9 +4949,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="summary and one line per job",
         description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder. Works while `watch` runs; does not contact the server (a local "
-        "batch shows what its site did, even with no `watch` running). Warns on stderr about outputs "
-        "not downloaded 5 days after their job ended.")
+        "status, site, output folder (control characters in names escaped: \\n, \\t). Works while `watch` "
+        "runs; does not contact the server (a local batch shows what its site did, even with no `watch` "
+        "running). Warns on stderr about outputs not downloaded 5 days after their job ended.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
 
@@ -4768,11 +4959,14 @@ def build_parser() -> argparse.ArgumentParser:
         "resubmit", help="submit failed jobs again, as new DIRAC jobs",
         description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
         "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
-        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
+        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/. A Done job "
+        "is refused unless --force is given.")
     resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     resubmit.add_argument("--all", action="store_true", help="every failed job")
     resubmit.add_argument("--reason", metavar="TEXT",
                           help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    resubmit.add_argument("--force", action="store_true",
+                          help="also resubmit jobs named by number that are Done")
     resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
     add_engine_options(resubmit)
     resubmit.set_defaults(func=cmd_resubmit)
@@ -4780,7 +4974,8 @@ def build_parser() -> argparse.ArgumentParser:
     kill = commands.add_parser(
         "kill", help="kill jobs",
         description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
-        "the watch records the change. Jobs not submitted yet are not submitted.")
+        "the watch records the change. Jobs not submitted yet are not submitted. Says what it did in "
+        "one line, however many jobs.")
     kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     kill.add_argument("--all", action="store_true", help="every job that is not final")
     kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
@@ -4889,7 +5084,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="download only the output data files whose name matches GLOB (the whole LFN "
                         "if GLOB has a '/'); kept in the batch like --data")
     parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line and event, instead of text")
+                        help="one JSON object per line and event, instead of text; stdout carries "
+                        "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
 
 
 def positive_int(text: str) -> int:
@@ -4914,32 +5110,56 @@ def positive_float(text: str) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EXIT_USAGE
+    args = None
     try:
+        quiet_interrupts()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
         return args.func(args)
     except GridError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"grid: error: {e.message}", file=sys.stderr)
+        print(f"grid: error: {one_line(e.message)}", file=sys.stderr)
         if e.fix:
-            print(f"grid: fix: {e.fix}", file=sys.stderr)
+            print(f"grid: fix: {one_line(e.fix)}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:              # the reader went away (`| head`): end quietly, as cat does
+        silence(sys.stdout)
+        return EXIT_OK
     except OSError as e:                 # disk full, permissions: the system's words, no traceback
         if args.debug:
             traceback.print_exc()
         print(f"grid: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("grid: interrupted; state is kept, `grid watch` resumes", file=sys.stderr)
+        print(f"grid: {interruption_note(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        sys.stderr.close()
-        return EXIT_OK
 
+
+def quiet_interrupts() -> None:
+    """Ctrl-C while gevent's loop runs outside the engine (a sleep, a wait for a thread) is raised in
+    the loop first, which prints it as a crash before handing it on to main(): it is no crash."""
+    from gevent.hub import Hub
+    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
+
+
+def interruption_note(args: Optional[argparse.Namespace]) -> str:
+    """The one true line after Ctrl-C outside the engine (the engine says its own)."""
+    if args is None or not getattr(args, "command", None):
+        return "interrupted; nothing was done"
+    stored = (Path(args.batch) / STATE_DIR / "db").is_dir()
+    if args.command == "submit" and (args.dry_run or not stored):
+        return "interrupted before anything was submitted; nothing was stored"
+    if args.command in ("submit", "watch", "resubmit"):
+        return "interrupted; state is kept, `grid watch` resumes"
+    return "interrupted"
+
+
+signal.signal(signal.SIGINT, IMPORT_TIME_SIGINT or signal.default_int_handler)   # imports are done
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -139,7 +139,8 @@ def test_resubmit_by_number_and_by_reason(batch, run_grid):
 @pytest.mark.parametrize("args, message", [
     ((), "name the jobs"),
     (("9",), "no job #9 in the batch"),
-    (("1",), None),                       # a Done job named by number runs again: the user asked for it
+    (("1",), "resubmit is for failed jobs"),   # a Done job runs again only with --force
+    (("1", "--force"), None),
 ])
 def test_resubmit_mistakes_are_one_line_errors(batch, run_grid, args, message):
     assert run_grid("submit", "--backend", "local", *FAST, EXAMPLES / "hello.py").returncode == 0

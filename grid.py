@@ -714,6 +714,7 @@ class SpecSpool:
         self.names: list[str] = []
         self.offsets: list[int] = []
         self.end = 0                           # appends are buffered: no seek, no write per spec
+        self.sequences: list[list[int]] = []   # [first, last] local numbers of each parametric job
 
     def append(self, spec: JobSpec) -> None:
         record = spec.to_bytes()
@@ -727,6 +728,13 @@ class SpecSpool:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def extend(self, specs: list[JobSpec]) -> None:
+        """The jobs of one submit(): a parametric job's N jobs are remembered as one sequence."""
+        if len(specs) > 1:
+            self.sequences.append([len(self) + 1, len(self) + len(specs)])
+        for spec in specs:
+            self.append(spec)
 
     def blob(self, index: int) -> bytes:
         self.file.seek(self.offsets[index])
@@ -786,7 +794,7 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool) 
             raise JobFileError(f"{path}:{line}: the same Job object is submitted twice",
                                "create a new Job() for every job")
         job._grid_submitted = True          # marks the object without keeping it alive
-        specs.append(job_spec(job, path, line, batch_tag))
+        specs.extend(job_specs(job, path, line, batch_tag))
 
     namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": job_class}
     try:
@@ -810,8 +818,9 @@ def where_in(path: Path, error: BaseException) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
-    """Freeze a DIRAC Job into a JobSpec: absolute input sandbox paths, tagged with the batch."""
+def job_specs(job: Any, path: Path, line: int, batch_tag: str) -> list[JobSpec]:
+    """Freeze a DIRAC Job into JobSpecs: absolute input sandbox paths, tagged with the batch; one
+    spec, or one per parameter set of a parametric job (see expand_parametric)."""
     origin = f"{path}:{line}"
     if job.errorDict:
         problems = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in job.errorDict.items())
@@ -829,17 +838,131 @@ def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
     outputs = workflow.findParameter("OutputSandbox")
     name_param = workflow.findParameter("JobName")
     name = name_param.getValue() if name_param else "Name"
+    xml = job._toXML()
+    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
+    if job.numberOfParameters:
+        return expand_parametric(job, jdl, name, path, origin)
+    return [JobSpec(name=name, jdl=jdl, xml=xml, steps=workflow_steps(workflow), input_sandbox=inputs,
+                    output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
+                    origin=origin)]
+
+
+def workflow_steps(workflow: Any) -> list[list[str]]:
+    """[executable, arguments, log file] of each setExecutable step, as DIRAC's Script module takes
+    them: a step without arguments of its own takes the workflow's `arguments` (a parametric job's)."""
+    fallback = workflow.findParameter("arguments")
+    fallback = str(fallback.getValue() or "") if fallback else ""
     steps = []
     for step in workflow.step_instances:
         params = {p.getName(): p.getValue() for p in step.parameters}
         if "executable" in params:
-            steps.append([str(params["executable"]), str(params.get("arguments") or ""),
+            arguments = str(params.get("arguments") or "")
+            steps.append([str(params["executable"]), arguments if arguments.strip() else fallback,
                           str(params.get("applicationLog") or f"Script{len(steps) + 1}_CodeOutput.log")])
-    xml = job._toXML()
-    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
-    return JobSpec(name=name, jdl=jdl, xml=xml, steps=steps, input_sandbox=inputs,
-                   output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
-                   origin=origin)
+    return steps
+
+
+# -- parametric jobs: one submit() of a job with parameter sequences is N jobs ---------------------
+# j.setParameterSequence('args', [...]) makes a parametric job, which DIRAC's JobManager expands on
+# the server (generateParametricJobs): in every JDL attribute "%n" becomes the job's index (zero
+# padded), "%(name)s" the job's value of sequence `name` and "%s" that of the unnamed sequence (1
+# for a Job API job); DIRAC's JDL lists keep no spaces or double quotes inside values. Arguments
+# with parameters reach the job through the JDL, as `-p arguments='...'` switches of dirac-jobexec,
+# which the job wrapper runs through a shell and which set the workflow parameter of that name.
+# grid.py expands with DIRAC's own function when the job file is loaded and bakes each job's values
+# into its workflow, as dirac-jobexec would: each of the N jobs is a plain job with its own record,
+# folder, tag and resubmission, and the same on both backends. On DIRAC they go as one parametric
+# job again (the engine bundles a sequence), so the server still creates them in one call.
+
+# What the job wrapper's shell would act on outside quotes, and what ends a single-quoted word.
+SHELL_SPECIAL = re.compile(r"[|&;<>()$`\\\"'*?\[]|(^|\s)[#~]")
+PARAMETER_ATTRIBUTE = re.compile(r"Parameters?(\..*)?$|Parameter(Number|Start|Step|Factor)(\..*)?$")
+
+
+def expand_parametric(job: Any, jdl: str, name: str, path: Path, origin: str) -> list[JobSpec]:
+    """The N plain jobs of a parametric job, in parameter order, as DIRAC's server makes them."""
+    from DIRAC.WorkloadManagementSystem.Utilities.ParametricJob import generateParametricJobs
+    expanded = generateParametricJobs(jdl_classad(jdl))
+    if not expanded["OK"]:
+        raise JobFileError(f"{origin}: DIRAC cannot expand this parametric job: {expanded['Message']}",
+                           "give every parameter sequence the same number of values, none with a comma")
+    workflow, specs = job.workflow, []
+    original = {p.getName(): p.getValue() for p in workflow.parameters}
+    added = set(job.addToOutputSandbox)
+    try:
+        for one in expanded["Value"]:
+            classad = jdl_classad(one)
+            arguments, values = jobexec_switches(classad.getAttributeString("Arguments"), origin)
+            classad.insertAttributeString("Arguments", arguments)
+            for attribute in classad.getAttributes():
+                if PARAMETER_ATTRIBUTE.match(attribute):
+                    classad.deleteAttribute(attribute)
+            inputs = [resolve_sandbox_entry(entry, path, origin) for entry in list_attribute(classad, "InputSandbox")]
+            if inputs:
+                classad.insertAttributeVectorString("InputSandbox", inputs)
+            set_workflow_values(workflow, values)
+            specs.append(JobSpec(name=classad.getAttributeString("JobName") or name, jdl=classad.asJDL(),
+                                 xml=workflow.toXML(), steps=workflow_steps(workflow), input_sandbox=inputs,
+                                 output_sandbox=[o for o in list_attribute(classad, "OutputSandbox")
+                                                 if o not in added],
+                                 origin=origin))
+    finally:
+        set_workflow_values(workflow, original)
+    return specs
+
+
+def jobexec_switches(arguments: str, origin: str) -> tuple[str, dict[str, str]]:
+    """dirac-jobexec's arguments of one job, without its `-p name=value` switches, and those values
+    as dirac-jobexec reads them. What the job wrapper's shell would change, or dirac-jobexec cannot
+    read (a second "="), fails on the grid: refused here, for both backends."""
+    if SHELL_SPECIAL.search(re.sub(r"'[^']*'", "", arguments)):
+        raise JobFileError(f"{origin}: a parameter value has a character the DIRAC job wrapper's shell would "
+                           f"act on (it runs `dirac-jobexec {arguments}`)",
+                           "use parameter values without quotes, $, `, \\, ;, &, |, <, >, (, ), *, ? or [")
+    words, kept, values = shlex.split(arguments), [], {}
+    while words:
+        word = words.pop(0)
+        if word != "-p" or not words:
+            kept.append(word)
+            continue
+        key, _, value = words.pop(0).partition("=")
+        if "=" in value:
+            raise JobFileError(f"{origin}: the parameter value {value!r} has a '=', which DIRAC's "
+                               f"dirac-jobexec cannot read (`-p {key}={value}`): the job would fail on the grid",
+                               "use parameter values without '='")
+        value = value.strip()
+        if value.startswith("{"):                    # dirac-jobexec's lists
+            value = ";".join(value[1:-1].replace('"', "").replace(" ", "").split(","))
+        values[key] = value
+    return shlex.join(kept), values
+
+
+def set_workflow_values(workflow: Any, values: dict[str, str]) -> None:
+    """What dirac-jobexec does with its `-p` switches: set the workflow's parameters of those names
+    (a name the workflow lacks changes nothing), and those of its modules."""
+    for key, value in values.items():
+        if workflow.parameters.find(key):
+            workflow.setValue(key, value)
+        for definition in workflow.step_definitions.values():
+            for module in definition.module_instances:
+                if module.parameters.find(key):
+                    module.parameters.setValue(key, value)
+
+
+def jdl_classad(jdl: str) -> Any:
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+    text = jdl.strip()
+    return ClassAd(text if text.startswith("[") else f"[{text}]")
+
+
+def jdl_attributes(jdl: str) -> dict[str, str]:
+    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
+    classad = jdl_classad(jdl)
+    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
+
+
+def list_attribute(classad: Any, name: str) -> list[str]:
+    return [entry for entry in classad.getListFromExpression(name) if entry] if classad.lookupAttribute(name) else []
 
 
 def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
@@ -958,18 +1081,6 @@ JOB_DESCRIPTION = "jobDescription.xml"
 BUNDLE_FIXED = ("Arguments", "Executable", "InputSandbox")   # the same for every job of a bundle
 BUNDLE_VALUE = re.compile(r"[A-Za-z0-9_.:/+=@~#-]+")         # what a parameter list carries intact
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-def jdl_classad(jdl: str) -> Any:
-    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
-    text = jdl.strip()
-    return ClassAd(text if text.startswith("[") else f"[{text}]")
-
-
-def jdl_attributes(jdl: str) -> dict[str, str]:
-    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
-    classad = jdl_classad(jdl)
-    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
 
 
 def parametric_key(spec: JobSpec) -> Optional[tuple]:
@@ -1718,6 +1829,7 @@ class Engine:
         self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
+        self.sequences = self.meta.get("sequences", [])   # [first, last] of each parametric job's jobs
         self.jobs = store.jobs()
         self.by_id = {job.dirac_id: job for job in self.jobs.values() if job.dirac_id}
         self.column_totals = column_counts(job.status for job in self.jobs.values())
@@ -1942,11 +2054,12 @@ class Engine:
     def submit_all(self, keep_going: bool) -> None:
         """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
         self.reconcile()
-        if self.bulk:
+        bundling = self.bulk or bool(self.sequences)
+        if bundling:
             self.bundle_queued()
         pool = gevent.pool.Pool(self.parallel)
         while not self.stopping.is_set():
-            if self.to_submit.empty() and not keep_going and not (self.bulk and len(pool)):
+            if self.to_submit.empty() and not keep_going and not (bundling and len(pool)):
                 break                  # (a bundle in flight may still give jobs back to the queue)
             try:
                 item = self.to_submit.get(timeout=0.2)
@@ -1969,25 +2082,37 @@ class Engine:
             self.to_submit.put(job.num)
 
     def bundle_queued(self) -> None:
-        """--bulk: regroup the jobs waiting in the queue into bundles (lists of job numbers) where
-        the backend can; resubmissions, queued later, go one by one."""
+        """Regroup the jobs waiting in the queue into bundles (lists of job numbers) where the
+        backend can: with --bulk every job, else the jobs of each parametric job (in parameter
+        order, so the server makes them in one call as DIRAC would). Resubmissions, queued later,
+        go one by one."""
         waiting = []
         while not self.to_submit.empty():
             waiting.append(self.to_submit.get_nowait())
         for num in waiting:
             if self.jobs[num].submitted:             # found by reconcile()
                 self.queued.discard(num)
-        bundles, singles = self.plan_bundles([num for num in waiting if not self.jobs[num].submitted])
+        pending = [num for num in waiting if not self.jobs[num].submitted]
+        sequence_of = {num: n for n, (first, last) in enumerate(self.sequences) for num in range(first, last + 1)}
+        if self.bulk:
+            bundles, singles = self.plan_bundles(pending, "bulk", lambda num: ())
+        else:
+            bundles, singles = self.plan_bundles([num for num in pending if num in sequence_of], "parametric",
+                                                 lambda num: (sequence_of[num],))
+            singles = sorted(singles + [num for num in pending if num not in sequence_of])
         for item in bundles + singles:
             self.to_submit.put(item)
 
-    def plan_bundles(self, pending: list[int]) -> tuple[list[list[int]], list[int]]:
-        """Group jobs the backend can submit together into bundles of at most its limit."""
+    def plan_bundles(self, pending: list[int], why: str,
+                     apart: Callable[[int], tuple]) -> tuple[list[list[int]], list[int]]:
+        """Group jobs the backend can submit together into bundles of at most its limit; jobs
+        that `apart` tells apart never share one."""
         if not pending:
             return [], []
         limit = self.call(self.backend.bundle_limit)
         if limit < 2:
-            self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
+            if why == "bulk":
+                self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
             return [], pending
         groups: dict[tuple, list[int]] = {}
         singles = []
@@ -1996,7 +2121,7 @@ class Engine:
             if key is None:
                 singles.append(num)
             else:
-                groups.setdefault(key, []).append(num)
+                groups.setdefault(apart(num) + (key,), []).append(num)
         bundles = []
         for members in groups.values():
             for part in split_evenly(members, limit):
@@ -2005,7 +2130,7 @@ class Engine:
                 else:
                     singles += part
         singles.sort()
-        self.display.message(f"bulk: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
+        self.display.message(f"{why}: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
                              f"(at most {limit} each), {len(singles)} one by one")
         return bundles, singles
 
@@ -2628,7 +2753,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         now = round(time.time(), 3)
         jobs = (Job(num=i, name=name, history=[[SUBMITTING, now]]) for i, name in enumerate(specs.names, 1))
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
-                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk}
+                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk,
+                "sequences": specs.sequences}
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
@@ -2663,11 +2789,14 @@ def ensure_writable(batch_dir: Path) -> None:
 
 def print_dry_run(specs: SpecSpool, backend: str) -> None:
     print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
+    in_sequence = {num: (num - first + 1, last - first + 1) for first, last in specs.sequences
+                   for num in range(first, last + 1)}
     for num, spec in enumerate(specs, 1):
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
-        print(f"#{num} {spec.name}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        where = spec.origin + (", parameter set {} of {}".format(*in_sequence[num]) if num in in_sequence else "")
+        print(f"#{num} {spec.name}  [{where}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
 
 
 def cmd_watch(args: argparse.Namespace) -> int:

@@ -885,7 +885,7 @@ def expand_parametric(job: Any, jdl: str, name: str, path: Path, origin: str) ->
     expanded = generateParametricJobs(jdl_classad(jdl))
     if not expanded["OK"]:
         raise JobFileError(f"{origin}: DIRAC cannot expand this parametric job: {expanded['Message']}",
-                           "give every parameter sequence the same number of values, none with a comma")
+                           "give every parameter sequence the same number of values, none with a comma or a semicolon")
     workflow, specs = job.workflow, []
     original = {p.getName(): p.getValue() for p in workflow.parameters}
     added = set(job.addToOutputSandbox)
@@ -3494,6 +3494,9 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="run job files, submit every job, then watch",
         description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
         "job concurrently and watch them. The whole of every file runs before anything is submitted. "
+        "A job with parameter sequences (Job.setParameterSequence) is one job per parameter set, with "
+        "the values DIRAC would give it, each followed, downloaded and resubmitted on its own; on DIRAC "
+        "they go to the server as one parametric job. "
         "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,

@@ -1,0 +1,96 @@
+"""Conformance: the job files of jobs/ run through the local backend and through DIRAC's real JobAgent
+(tests/lab), and every job must end the same way on both: final status, minor and application status,
+exit code, and the payload files of its output folder, byte for byte.
+
+The job wrapper's own logs are not compared: on the grid `std.out` and `std.err` are what DIRAC's job
+wrapper (dirac-jobexec) printed, locally they hold what the steps printed. Each difference that is left
+on purpose is in KNOWN with its reason, as in the README's "Local and grid" section.
+
+One batch per backend holds every job file (9 jobs: the lab's single JobAgent runs one job at a time).
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import GRID
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+JOB_FILES = sorted((HERE / "jobs").glob("*.py"))
+WRAPPER_LOGS = {"std.out", "std.err"}
+
+# What a user must see on both backends (so that two identical mistakes cannot pass): job name ->
+# status and application status. Parametric values lose their spaces, as DIRAC's JDL lists do.
+EXPECTED = {
+    "arguments": ("Done", "Job finished successfully"),
+    "inputs": ("Done", "Job finished successfully"),
+    "outputs": ("Done", "Job finished successfully"),
+    "large-output": ("Done", "Job finished successfully"),
+    "param-first": ("Done", "Job finished successfully"),
+    "param-secondvalue": ("Done", "Job finished successfully"),
+    "param-trois-é": ("Done", "Job finished successfully"),
+    "fails": ("Failed", "sh Exited With Status 3"),
+    "cannot-start": ("Failed", "no-such-program Exited With Status 1000"),
+}
+
+# (job name, file or field) -> why the local backend differs from the grid on purpose.
+KNOWN: dict = {}
+
+
+def outcome(batch: Path, run) -> dict:
+    """Every job of the batch by name: what `grid status` says and the payload files of its folder."""
+    result = run([sys.executable, str(GRID), "status", "--json"], cwd=batch, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    jobs = {}
+    for job in json.loads(result.stdout)["jobs"]:
+        folder = batch / job["output"] if job["output"] else None
+        files = {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
+                 if path.is_file() and path.name not in WRAPPER_LOGS} if folder else {}
+        jobs[job["name"]] = {"status": job["status"], "minor": job["minor"], "application": job["application"],
+                             "files": files}
+    return jobs
+
+
+def submit_everything(batch: Path, run, backend: str) -> dict:
+    result = run([sys.executable, str(GRID), "submit", "--backend", backend, "--interval", "1", *JOB_FILES],
+                 cwd=batch, capture_output=True, text=True, timeout=1800)
+    assert result.returncode in (0, 6), result.stdout[-3000:] + result.stderr
+    return outcome(batch, run)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> dict:
+    import subprocess
+    batch = tmp_path_factory.mktemp("local")
+    return submit_everything(batch, subprocess.run, "local")
+
+
+@pytest.fixture(scope="module")
+def grid_site(dirac_lab, tmp_path_factory) -> dict:
+    dirac_lab.jobagent(True)
+    batch = tmp_path_factory.mktemp("dirac")
+    return submit_everything(batch, dirac_lab.run, "dirac")
+
+
+def known(name: str, what: str) -> bool:
+    return (name, what) in KNOWN
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_job_ends_the_same_on_both_backends(name, local, grid_site):
+    assert (grid_site[name]["status"], grid_site[name]["application"]) == EXPECTED[name]
+    for what in ("status", "minor", "application"):
+        if not known(name, what):
+            assert local[name][what] == grid_site[name][what], what
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_job_leaves_the_same_payload_files(name, local, grid_site):
+    mine, theirs = local[name]["files"], grid_site[name]["files"]
+    names = {f for f in set(mine) | set(theirs) if not known(name, f)}
+    assert sorted(names & set(mine)) == sorted(names & set(theirs))
+    for file in sorted(names):
+        assert mine[file] == theirs[file], file

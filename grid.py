@@ -840,7 +840,7 @@ def job_specs(job: Any, path: Path, line: int, batch_tag: str) -> list[JobSpec]:
     name = name_param.getValue() if name_param else "Name"
     xml = job._toXML()
     jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
-    if job.numberOfParameters:
+    if job.numberOfParameters or PARAMETRIC_JDL.search(jdl):     # the server would make several jobs
         return expand_parametric(job, jdl, name, path, origin)
     return [JobSpec(name=name, jdl=jdl, xml=xml, steps=workflow_steps(workflow), input_sandbox=inputs,
                     output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
@@ -876,6 +876,7 @@ def workflow_steps(workflow: Any) -> list[list[str]]:
 
 # What the job wrapper's shell would act on outside quotes, and what ends a single-quoted word.
 SHELL_SPECIAL = re.compile(r"[|&;<>()$`\\\"'*?\[]|(^|\s)[#~]")
+PARAMETRIC_JDL = re.compile(r"^\s*Parameters\s*=", re.MULTILINE)
 PARAMETER_ATTRIBUTE = re.compile(r"Parameters?(\..*)?$|Parameter(Number|Start|Step|Factor)(\..*)?$")
 
 

@@ -87,6 +87,12 @@ submit(j)
     assert specs[4].steps[1][:2] == ["true", specs[4].steps[0][1]]
 
 
+def test_a_jdl_made_parametric_by_hand_is_expanded_too(batch):
+    specs = load(batch, "j = Job()\nj.setExecutable('echo', arguments='%n')\n"
+                        "j._addParameter(j.workflow, 'Parameters', 'JDL', 3, 'three jobs')\nsubmit(j)\n")
+    assert [spec.steps[0][1] for spec in specs] == ["0", "1", "2"] and specs.sequences == [[1, 3]]
+
+
 def test_jobs_without_parameters_are_unchanged(batch):
     specs = load(batch, "j = Job()\nj.setExecutable('echo', arguments='a %s b')\nsubmit(j)\n"
                         "k = Job()\nk.setExecutable('ls')\nsubmit(k)\n")

@@ -17,13 +17,17 @@ submit(j)
 """
 
 
-def server_jobs(lab, group: str) -> dict:
-    """The server's own view of the batch's JobGroup: {id: JobName}."""
+def server_jobs(lab, tag: str) -> dict:
+    """The server's own view of the batch: {id: JobName} of every job whose JDL carries its tag."""
     code = ("import sys, json, DIRAC; DIRAC.initialize()\n"
             "from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient\n"
-            "m = JobMonitoringClient(); ids = m.getJobs({'JobGroup': sys.argv[1]})['Value']\n"
-            "print(json.dumps({i: m.getJobsSummary([int(i)])['Value'][int(i)]['JobName'] for i in ids}))")
-    return {int(k): v for k, v in json.loads(lab.run_python(code, group).stdout.splitlines()[-1]).items()}
+            "m = JobMonitoringClient(); found = {}\n"
+            "for i in m.getJobs({})['Value']:\n"
+            "    if f'\"{sys.argv[1]}.' in m.getJobJDL(int(i), True)['Value']:\n"
+            "        summary = m.getJobsSummary([int(i)])['Value']\n"
+            "        found[i] = (summary.get(int(i)) or summary[str(i)])['JobName']\n"
+            "print(json.dumps(found))")
+    return {int(k): v for k, v in json.loads(lab.run_python(code, tag).stdout.splitlines()[-1]).items()}
 
 
 def test_three_parametric_jobs_are_three_followed_jobs_in_parameter_order_and_resubmit_alone(dirac_lab, tmp_path):
@@ -41,7 +45,7 @@ def test_three_parametric_jobs_are_three_followed_jobs_in_parameter_order_and_re
     for n, job in enumerate(jobs, 1):
         assert job["status"] == "Done" and job["output"] == f"succeeded/0000{n}_p-{n}"
         assert f"value {n}" in (batch / job["output"] / "Script1_CodeOutput.log").read_text()
-    tag = status(dirac_lab, batch)["tag"]                           # the batch's JobGroup
+    tag = status(dirac_lab, batch)["tag"]
     assert server_jobs(dirac_lab, tag) == {ids[0]: "p-1", ids[1]: "p-2", ids[2]: "p-3"}
 
     result = grid(dirac_lab, batch, "resubmit", "--interval", "1", "2")

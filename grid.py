@@ -1606,8 +1606,14 @@ class LocalBackend(Backend):
         for pattern in sorted(wanted):
             for found in glob.glob(str(work / pattern)):
                 source = Path(found)
-                if source.resolve().is_relative_to(work.resolve()) and source.is_file():
-                    shutil.copy2(source, dest / source.relative_to(work))
+                if not source.resolve().is_relative_to(work.resolve()):
+                    continue
+                # As DIRAC's job wrapper: files arrive without their folders, a folder as <name>.tar.
+                if source.is_file():
+                    shutil.copy2(source, dest / source.name)
+                elif source.is_dir():
+                    with tarfile.open(dest / f"{source.name}.tar", "w") as tar:
+                        tar.add(source, arcname=source.name)
 
     def kill(self, ids: list[int]) -> None:
         for job_id in ids:
@@ -1684,30 +1690,42 @@ def run_local_job(folder: Path) -> int:
     work = folder / "work"
     os.chdir(work)
 
-    def finish(status: str, minor: str, app: str) -> int:
-        write_local_state(folder, "Runner", status, minor, app, ended=time.time())
-        return 0
-
+    failure = ""                                 # the first step that failed, in DIRAC's words
+    app = "Job finished successfully"
     with open(work / "std.out", "ab") as stdout, open(work / "std.err", "ab") as stderr:
         for executable, arguments, log_name in spec["steps"]:
-            command = local_command(executable, arguments, work)
-            name = os.path.basename(executable).split("_")[0] or executable
-            try:
-                done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
-            except OSError as e:                 # DIRAC's words for a step it cannot start
-                stderr.write(f"{executable}: {e.strerror}\n".encode())
-                return finish(FAILED, "Application Finished With Errors",
-                              f"{name} Exited With Status {NOT_STARTED_STATUS}")
-            stdout.write(done.stdout)
-            stderr.write(done.stderr)
-            with open(work / log_name, "wb") as log:
-                log.write(b"<<<<<<<<<< %s Standard Output >>>>>>>>>>\n\n" % executable.encode() + done.stdout)
-                if done.stderr:
-                    log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n" % executable.encode() + done.stderr)
-            if done.returncode != 0:
-                return finish(FAILED, "Application Finished With Errors",
-                              f"{name} Exited With Status {done.returncode}")
-    return finish(DONE, "Execution Complete", "Job finished successfully")
+            app, failed = run_local_step(executable, arguments, log_name, work, stdout, stderr)
+            failure = failure or (app if failed else "")
+    if failure:
+        write_local_state(folder, "Runner", FAILED, "Application Finished With Errors", failure, ended=time.time())
+    else:
+        write_local_state(folder, "Runner", DONE, "Execution Complete", app, ended=time.time())
+    return 0
+
+
+def run_local_step(executable: str, arguments: str, log_name: str, work: Path, stdout: Any,
+                   stderr: Any) -> tuple[str, bool]:
+    """One step as DIRAC's Script module runs it: its application status ("echo successful", "sh
+    Exited With Status 3") and whether it failed. As in DIRAC's workflow, a failed step does not
+    stop the later ones (the job's application status stays that of the first failure)."""
+    command = local_command(executable, arguments, work)
+    name = os.path.basename(executable).split("_")[0] or executable
+    try:
+        done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
+    except OSError as e:                         # DIRAC's words for a step it cannot start
+        stderr.write(f"{executable}: {e.strerror}\n".encode())
+        return f"{name} Exited With Status {NOT_STARTED_STATUS}", True
+    stdout.write(done.stdout)
+    stderr.write(done.stderr)
+    # The Script module's application log, to the byte: each section ends with a space.
+    shown = (os.path.basename(executable) if (work / os.path.basename(executable)).is_file() else executable).encode()
+    with open(work / log_name, "wb") as log:
+        log.write(b"<<<<<<<<<< %s Standard Output >>>>>>>>>>\n\n%s " % (shown, done.stdout))
+        if done.stderr:
+            log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n%s " % (shown, done.stderr))
+    if done.returncode:
+        return f"{name} Exited With Status {done.returncode}", True
+    return f"{name} successful", False
 
 
 def runner_lock(folder: Path, probe: bool = False) -> Optional[Any]:

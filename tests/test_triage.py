@@ -208,7 +208,7 @@ def test_commands_outside_a_batch_say_so(batch, command):
 def test_logs_prints_the_steps_stdout_or_another_file(finished):
     result = run(finished, "logs", str(FINE))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "<<<<<<<<<< echo Hello Standard Output >>>>>>>>>>\n\nHello\n"
+    assert result.stdout == "<<<<<<<<<< echo Hello Standard Output >>>>>>>>>>\n\nHello\n "
     errors = run(finished, "logs", str(EXIT_3[-1]), "--file", "std.err")
     assert errors.returncode == 0 and errors.stdout == "oops\n"
     escape = run(finished, "logs", str(FINE), "--file", "../../jobs.py")

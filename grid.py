@@ -1296,7 +1296,8 @@ class DiracBackend(Backend):
         thirty attributes, five times the bytes). A job's site changes only with its status, so
         getJobsSites asks only about the jobs whose status just changed to Matched or beyond; a job
         that just ended gets its whole record once instead, for the time it ended (the cleaning
-        deadline counts from it)."""
+        deadline counts from it) and how it ended: getJobsStates was seen to catch a job between
+        the updates of its end (Done, minor status "Output Sandbox Uploaded")."""
         self._require_proxy()
         monitoring = self._clients().monitoring
         answer = self._value(monitoring.getJobsStates(list(ids)), "status query")
@@ -1323,6 +1324,10 @@ class DiracBackend(Backend):
                 state.site = attrs.get("Site", "")
                 if is_final(state.status):
                     state.ended = utc_timestamp(attrs.get("LastUpdateTime"))
+                    if is_final(attrs.get("Status", "")):    # read after: the last word on how it ended
+                        state.status, state.minor, state.app = (
+                            attrs["Status"], attrs.get("MinorStatus", state.minor),
+                            attrs.get("ApplicationStatus", state.app))
             else:
                 state.site = self.reported[job_id].site if job_id in self.reported else None
             if is_final(state.status):

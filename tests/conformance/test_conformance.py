@@ -4,7 +4,8 @@ exit code, and the payload files of its output folder, byte for byte.
 
 The job wrapper's own logs are not compared: on the grid `std.out` and `std.err` are what DIRAC's job
 wrapper (dirac-jobexec) printed, locally they hold what the steps printed. Each difference that is left
-on purpose is in KNOWN with its reason, as in the README's "Local and grid" section.
+on purpose is in KNOWN with its reason, as in the README's "Local and grid" section; a job the local
+backend does not run as the grid does yet is in PENDING, and must still differ.
 
 One batch per backend holds every job file (9 jobs: the lab's single JobAgent runs one job at a time).
 """
@@ -41,6 +42,11 @@ EXPECTED = {
 
 # (job name, file or field) -> why the local backend differs from the grid on purpose.
 KNOWN: dict = {}
+# Jobs the local backend does not run as the grid does yet, and why: each must still differ (the
+# test fails once it conforms, so that it is taken off this list).
+PENDING = {
+    "inputs": "the local backend does not unpack input sandbox archives yet (issue 13, item 2)",
+}
 
 
 def payload(path: Path) -> bytes:
@@ -96,18 +102,21 @@ def known(name: str, what: str) -> bool:
     return (name, what) in KNOWN
 
 
+def differences(name: str, local: dict, grid_site: dict) -> list:
+    """What differs between the two runs of one job, known differences left out."""
+    mine, theirs = local[name], grid_site[name]
+    found = [what for what in ("status", "minor", "application")
+             if not known(name, what) and mine[what] != theirs[what]]
+    files = {f for f in set(mine["files"]) | set(theirs["files"]) if not known(name, f)}
+    return found + sorted(f for f in files if mine["files"].get(f) != theirs["files"].get(f))
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_each_job_ends_the_same_on_both_backends(name, local, grid_site):
+def test_each_job_ends_as_it_should_and_the_same_on_both_backends(name, local, grid_site):
     assert (grid_site[name]["status"], grid_site[name]["application"]) == EXPECTED[name]
-    for what in ("status", "minor", "application"):
-        if not known(name, what):
-            assert local[name][what] == grid_site[name][what], what
-
-
-@pytest.mark.parametrize("name", list(EXPECTED))
-def test_each_job_leaves_the_same_payload_files(name, local, grid_site):
-    mine, theirs = local[name]["files"], grid_site[name]["files"]
-    names = {f for f in set(mine) | set(theirs) if not known(name, f)}
-    assert sorted(names & set(mine)) == sorted(names & set(theirs))
-    for file in sorted(names):
-        assert mine[file] == theirs[file], file
+    found = differences(name, local, grid_site)
+    if name in PENDING:
+        assert found, f"{name} conforms now: take it off PENDING"
+        pytest.xfail(f"{PENDING[name]}: {', '.join(found)}")
+    assert not found, {what: [repr(run.get(what, run["files"].get(what)))[:300] for run in (local[name], grid_site[name])]
+                       for what in found}

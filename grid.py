@@ -135,6 +135,7 @@ BACKOFF_MAX = 300.0                  # longest wait between retries of a failing
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
 RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
+ONCE_DEADLINE = 30.0                 # seconds a command that calls the server once waits out an outage
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
 TAIL_BYTES = 64 * 1024               # how much of the end of a file is read to find its last lines
@@ -1832,24 +1833,43 @@ def remove_tree(path: Path) -> None:
 
 
 # ==================================================================================================
-# Engine
+# Batch
 # ==================================================================================================
-# One engine per command. It owns every greenlet and pool: a submitter (bounded pool), a monitor
-# (one bulk status sweep every interval, only for jobs that are not final) and a downloader
-# (bounded pool), and a proxy watcher. Blocking backend calls run in gevent's threadpool, so they
-# overlap and the loop stays responsive. Every call goes through Engine.call, the one place that
-# waits while the proxy is expired and announces outages, so each shows as one line, not one per job.
-# What every event needs (the summary counts, how many jobs are still open, the job of a DIRAC id)
-# is kept up to date as jobs change, never recounted: a batch may hold 100,000 jobs.
+# The batch's state over its store: its jobs, the figures every event needs (the summary counts,
+# how many jobs are still open, the job of a DIRAC id: kept up to date as jobs change, never
+# recounted, since a batch may hold 100,000 jobs), status transitions, submissions and their
+# attempts, resubmission and the retry policy. Plain state: no greenlet, no backend call. It tells
+# a Listener (the display) what happens, and hands work on through hooks that an engine points at
+# its queues; a command that only changes state uses a Batch alone.
 
-class Engine:
-    def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
-                 parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
-                 download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
-                 exit_when: str = "all-final") -> None:
-        self.store, self.backend, self.display, self.batch_dir = store, backend, display, batch_dir
-        self.parallel, self.download_parallel = parallel, download_parallel
-        self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
+class Listener:
+    """What a batch and its backend calls tell as they go: Display shows it; a bare Listener is silent."""
+
+    def transition(self, job: Job, old: str) -> None:
+        """A job's status changed from old to job.status."""
+
+    def summary(self, counts: list[int]) -> None:
+        """The summary counts may have changed."""
+
+    def downloaded(self, job: Job) -> None:
+        """A job's output is complete in its folder."""
+
+    def message(self, text: str) -> None:
+        """One line for the user."""
+
+
+def ignore(*_: Any) -> None:
+    """A hook nobody set: a command without an engine has no queue to fill."""
+
+
+class Batch:
+    """The jobs of one batch, changed only through these methods, which keep the figures and the store
+    in step with them."""
+
+    def __init__(self, store: Store, batch_dir: Path, display: Optional[Listener] = None,
+                 retries: int = 0, exit_when: str = "all-final") -> None:
+        self.store, self.batch_dir = store, batch_dir
+        self.display = display or Listener()
         self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
@@ -1860,199 +1880,27 @@ class Engine:
         self.jobs_in_progress = sum(1 for job in self.jobs.values() if job.in_progress)
         self.jobs_final = sum(1 for job in self.jobs.values() if is_final(job.status))
         self.jobs_downloaded = sum(1 for job in self.jobs.values() if job.output)
-        self.threadpool = gevent.get_hub().threadpool
-        self.threadpool.maxsize = max(self.threadpool.maxsize, parallel + download_parallel + 2)
-        self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
-        self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
-        self.downloads: gevent.queue.Queue = gevent.queue.Queue()
-        self.submitting = 0
-        self.downloading = 0
-        self.stopping = gevent.event.Event()
-        self.finished = gevent.event.Event()
-        self.outage_since: Optional[float] = None
-        self.unreachable: set[str] = set()        # kinds of call whose last try found no server
-        self.proxy_ok = gevent.event.Event()      # cleared while the proxy is expired: calls wait
-        self.proxy_ok.set()
-        self.proxy_warned = False
-        self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
-        self.cleaning_checked = 0.0               # when the jobs were last looked at for that
-        self.cleaning_due = False                 # a job that ended long ago just became final
-        self.interrupted = False
-        self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
-        self.crash: Optional[BaseException] = None
         self.attempt_stats = AttemptStats(self.jobs.values())
         self.not_retried: set[str] = set()           # reasons already reported as failing everywhere
         self.final_times: collections.deque = collections.deque()   # the last RATE_WINDOW's final jobs
-        self.proxy_left_at: Optional[tuple[float, float]] = None    # (seconds left, when we looked)
+        self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
+        self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
+        self.cleaning_checked = 0.0               # when the jobs were last looked at for that
+        self.cleaning_due = False                 # a job that ended long ago just became final
+        # Work handed on as jobs change: an engine points these at its queues and at its end.
+        self.submission_due: Callable[[Job], None] = ignore
+        self.download_due: Callable[[Job], None] = ignore
+        self.exit_due: Callable[[], None] = ignore
 
-    # -- calls into the backend -------------------------------------------------------------------
-
-    def call(self, fn: Callable, *args: Any) -> Any:
-        """One backend call. It waits while the proxy is expired; an expired proxy or an outage it
-        meets is announced once, whichever greenlet made the call."""
-        self.wait_for_proxy()
-        try:
-            result = self.blocking(fn, *args)
-        except ProxyExpired:
-            self.proxy_expired()
-            raise
-        except ServerUnreachable as e:
-            self.server_trouble(str(e), getattr(fn, "__name__", "call"))
-            raise
-        self.server_back(getattr(fn, "__name__", "call"))
-        return result
-
-    def blocking(self, fn: Callable, *args: Any) -> Any:
-        if not self.backend.threaded:
-            return fn(*args)
-        ok, value = self.threadpool.spawn(outcome, fn, *args).get()
-        if not ok:
-            raise value
-        return value
-
-    def server_trouble(self, message: str, kind: str) -> None:
-        """An outage starts: one line, however many calls of however many kinds then fail."""
-        if self.outage_since is None:
-            self.outage_since = time.time()
-            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
-        self.unreachable.add(kind)
-
-    def server_back(self, kind: str) -> None:
-        """It ends when every kind of call that failed works again: a partial outage (the sandbox
-        store down, job monitoring up) stays one outage instead of flickering."""
-        if kind in self.unreachable:
-            self.unreachable.discard(kind)
-            if not self.unreachable:
-                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
-                self.outage_since = None
-
-    # -- the proxy --------------------------------------------------------------------------------
-
-    def watch_proxy(self) -> None:
-        """Look at the proxy every few seconds (a local file): pause every call while it is expired,
-        resume once a fresh one appears, and warn once before it expires while jobs are active."""
-        while not self.stopping.is_set():
-            left = self.blocking(self.backend.proxy_seconds_left)
-            if left is None:
-                return                               # this backend needs no proxy
-            self.proxy_left_at = (left, time.monotonic())
-            if left <= PROXY_MIN_LEFT:
-                self.proxy_expired()
-            else:
-                self.proxy_renewed(left)
-                self.proxy_running_out(left)
-            self.stopping.wait(PROXY_POLL)
-
-    def wait_for_proxy(self) -> None:
-        if not self.proxy_ok.is_set():
-            gevent.wait([self.proxy_ok, self.stopping], count=1)
-            if not self.proxy_ok.is_set():
-                raise ProxyExpired("stopped while waiting for a fresh grid proxy")
-
-    def proxy_expired(self) -> None:
-        if self.proxy_ok.is_set():
-            self.proxy_ok.clear()
-            self.display.message(f"grid proxy expired: paused, nothing is lost; renew it with "
-                                 f"{renew_command()} and this resumes by itself")
-
-    def proxy_renewed(self, left: float) -> None:
-        if not self.proxy_ok.is_set():
-            self.proxy_ok.set()
-            self.display.message(f"grid proxy renewed ({duration(left)} left): resuming")
-
-    def proxy_running_out(self, left: float) -> None:
-        if left >= PROXY_WARN_LEFT:
-            self.proxy_warned = False
-        elif not self.proxy_warned and self.jobs_in_progress:
-            self.proxy_warned = True
-            self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
-                                 f"renew it with {renew_command()}, or watching pauses then")
-
-    # -- the run ----------------------------------------------------------------------------------
-
-    def run(self, watch: bool = True) -> dict[int, Job]:
-        """Submit what is not submitted yet; with watch, follow every job until final and downloaded
-        (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
-        clean_partial_downloads(self.batch_dir)
-        self.display.start(self)
-        for job in self.jobs.values():
-            if job.submitted and is_final(job.status) and not job.output:
-                job.download_tries = 0           # every run tries each missing output again
-            if not job.submitted and job.status == SUBMITTING:
-                self.queue_submission(job)
-            elif job.needs_download:
-                self.downloads.put(job.num)
-            elif watch and job.failed:
-                self.settle(job)                 # failed before the last run ended: retry or exit now
-        self.warn_cleaning()
-        workers = [gevent.spawn(self.submit_all, watch), gevent.spawn(self.watch_proxy)]
-        if watch:
-            workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
-        for worker in workers:
-            worker.link_exception(self._crashed)
-        handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
-        try:
-            if watch:
-                self.check_finished()
-                self.finished.wait()
-            else:
-                workers[0].join()
-        finally:
-            for handler in handlers:
-                handler.cancel()
-            self.stopping.set()
-            gevent.joinall(workers, raise_error=False)
-            self.display.close(self)
-        if self.crash:
-            raise self.crash
-        return self.jobs
-
-    def _crashed(self, greenlet: gevent.Greenlet) -> None:
-        self.crash = greenlet.exception
-        self.finished.set()
-
-    def stop(self) -> None:
-        """Ctrl-C: stop starting work, let submissions in flight finish and be recorded."""
-        if self.stopping.is_set():
-            self.display.message("stopping now")
-            self.finished.set()
-            return
-        self.display.message("stopping: state is kept, `grid watch` resumes "
-                             f"({self.submitting} submission(s) in flight finish first)")
-        self.interrupted = True
-        self.stopping.set()
-        self.finished.set()
-
-    def exit_early(self, why: str) -> None:
-        self.exited_early = why
-        self.display.message(f"{why}; stopping as --exit-when {self.exit_when} asks "
-                             "(`grid watch` follows the rest)")
-        self.finished.set()
-
-    def check_finished(self) -> None:
-        if not (self.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
-            self.finished.set()
-
-    def pending_submissions(self) -> int:
-        return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
-
-    def warn_cleaning(self) -> None:
-        """One loud line whenever the number of outputs the server is about to delete changes. Ages
-        change by the day: the jobs are looked at once an hour, or at once when an old job ended."""
-        now = time.time()
-        if now - self.cleaning_checked < CLEANING_CHECK_EVERY and not self.cleaning_due:
-            return
-        self.cleaning_checked, self.cleaning_due = now, False
-        count, left = outputs_at_risk(self.jobs.values(), self.backend.name, now)
-        if count and count != self.at_risk_warned:
-            self.display.message("WARNING: " + cleaning_warning(count, left, self.backend.name,
-                                                                "this `grid watch` is fetching them"))
-        self.at_risk_warned = count
+    # -- figures, from the counters --------------------------------------------------------------
 
     def counts(self) -> list[int]:
         return list(self.column_totals)
 
-    def progress(self) -> "Progress":
+    def pending_submissions(self) -> int:
+        return sum(1 for j in self.jobs.values() if not j.submitted and j.status == SUBMITTING)
+
+    def progress(self, server: str) -> "Progress":
         """What the live footer shows, twice a second: from the counters, never a scan of the jobs."""
         now = time.time()
         while self.final_times and self.final_times[0] < now - RATE_WINDOW:
@@ -2061,339 +1909,38 @@ class Engine:
         rate = len(self.final_times) / span if len(self.final_times) > 1 and span > 1 else 0.0
         return Progress(counts=self.counts(), total=len(self.jobs), final=self.jobs_final,
                         failed=self.column_totals[-1], submitted=len(self.by_id),
-                        downloaded=self.jobs_downloaded, rate=rate, server=self.server_state())
+                        downloaded=self.jobs_downloaded, rate=rate, server=server)
 
-    def server_state(self) -> str:
-        if not self.proxy_ok.is_set():
-            return "paused: grid proxy expired"
-        if self.outage_since is not None:
-            return f"server unreachable since {clock(self.outage_since)}"
-        if self.proxy_left_at is None:
-            return "server ok"
-        left, seen = self.proxy_left_at
-        return f"server ok, proxy {duration(max(0.0, left - (time.monotonic() - seen)))} left"
-
-    # -- submitting -------------------------------------------------------------------------------
-
-    def submit_all(self, keep_going: bool) -> None:
-        """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
-        self.reconcile()
-        bundling = self.bulk or bool(self.sequences)
-        if bundling:
-            self.bundle_queued()
-        pool = gevent.pool.Pool(self.parallel)
-        while not self.stopping.is_set():
-            if self.to_submit.empty() and not keep_going and not (bundling and len(pool)):
-                break                  # (a bundle in flight may still give jobs back to the queue)
-            try:
-                item = self.to_submit.get(timeout=0.2)
-            except gevent.queue.Empty:
-                continue
-            pool.wait_available()
-            if self.stopping.is_set():
-                break
-            self.submitting += 1
-            if isinstance(item, list):
-                greenlet = pool.spawn(self.submit_bundle, [self.jobs[num] for num in item])
-            else:
-                greenlet = pool.spawn(self.submit_one, self.jobs[item])
-            greenlet.link_exception(self._crashed)
-        pool.join()           # submissions in flight are always waited for and recorded
-
-    def queue_submission(self, job: Job) -> None:
-        if job.num not in self.queued:
-            self.queued.add(job.num)
-            self.to_submit.put(job.num)
-
-    def bundle_queued(self) -> None:
-        """Regroup the jobs waiting in the queue into bundles (lists of job numbers) where the
-        backend can: with --bulk every job, else the jobs of each parametric job (in parameter
-        order, so the server makes them in one call as DIRAC would). Resubmissions, queued later,
-        go one by one."""
-        waiting = []
-        while not self.to_submit.empty():
-            waiting.append(self.to_submit.get_nowait())
-        for num in waiting:
-            if self.jobs[num].submitted:             # found by reconcile()
-                self.queued.discard(num)
-        pending = [num for num in waiting if not self.jobs[num].submitted]
-        sequence_of = {num: n for n, (first, last) in enumerate(self.sequences) for num in range(first, last + 1)}
-        if self.bulk:
-            bundles, singles = self.plan_bundles(pending, "bulk", lambda num: ())
-        else:
-            bundles, singles = self.plan_bundles([num for num in pending if num in sequence_of], "parametric",
-                                                 lambda num: (sequence_of[num],))
-            singles = sorted(singles + [num for num in pending if num not in sequence_of])
-        for item in bundles + singles:
-            self.to_submit.put(item)
-
-    def plan_bundles(self, pending: list[int], why: str,
-                     apart: Callable[[int], tuple]) -> tuple[list[list[int]], list[int]]:
-        """Group jobs the backend can submit together into bundles of at most its limit; jobs
-        that `apart` tells apart never share one."""
-        if not pending:
-            return [], []
-        limit = self.call(self.backend.bundle_limit)
-        if limit < 2:
-            if why == "bulk":
-                self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
-            return [], pending
-        groups: dict[tuple, list[int]] = {}
-        singles = []
-        for num in pending:
-            key = self.backend.bundle_key(self.store.spec(num))
-            if key is None:
-                singles.append(num)
-            else:
-                groups.setdefault(apart(num) + (key,), []).append(num)
-        bundles = []
-        for members in groups.values():
-            for part in split_evenly(members, limit):
-                if len(part) > 1:
-                    bundles.append(part)
-                else:
-                    singles += part
-        singles.sort()
-        self.display.message(f"{why}: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
-                             f"(at most {limit} each), {len(singles)} one by one")
-        return bundles, singles
-
-    def reconcile(self) -> None:
-        """After a crash, adopt the jobs the server accepted before their ids were stored."""
-        in_doubt = {job.intent: job for job in self.jobs.values() if job.intent and not job.submitted}
-        failures = 0
-        while in_doubt and not self.stopping.is_set():
-            try:
-                found = self.find(list(in_doubt.values()))
-                break
-            except ProxyExpired:
-                continue                             # the next call waits for a fresh proxy
-            except CallFailed as e:
-                failures += 1
-                self.server_trouble(str(e), "find")
-                self.stopping.wait(backoff(failures, self.interval))
-        else:
+    def warn_cleaning(self, backend: str) -> None:
+        """One loud line whenever the number of outputs the server is about to delete changes. Ages
+        change by the day: the jobs are looked at once an hour, or at once when an old job ended."""
+        now = time.time()
+        if now - self.cleaning_checked < CLEANING_CHECK_EVERY and not self.cleaning_due:
             return
-        for tag, job_id in found.items():
-            self.record_submission(in_doubt[tag], job_id)
-        self.display.message(f"{len(in_doubt)} submission(s) cut short earlier: {len(found)} found on the "
-                             f"server and kept, {len(in_doubt) - len(found)} not there, submitted now")
+        self.cleaning_checked, self.cleaning_due = now, False
+        count, left = outputs_at_risk(self.jobs.values(), backend, now)
+        if count and count != self.at_risk_warned:
+            self.display.message("WARNING: " + cleaning_warning(count, left, backend,
+                                                                "this `grid watch` is fetching them"))
+        self.at_risk_warned = count
 
-    def find(self, jobs: list[Job]) -> dict[str, int]:
-        groups = sorted({match.group(1).strip() for job in jobs
-                         for match in [GROUP_PATTERN.search(self.store.spec(job.num).jdl)] if match})
-        known = {job_id for job in self.jobs.values() for job_id in job.ids}
-        return self.call(self.backend.find, [job.intent for job in jobs], groups, known)
+    def resume(self, watch: bool) -> None:
+        """A run starts: hand on every job that still needs work, to be submitted or downloaded; with
+        watch, a job that failed before the last run ended is retried (or ends the watch) now."""
+        for job in self.jobs.values():
+            if job.submitted and is_final(job.status) and not job.output:
+                job.download_tries = 0           # every run tries each missing output again
+            if not job.submitted and job.status == SUBMITTING:
+                self.submission_due(job)
+            elif job.needs_download:
+                self.download_due(job)
+            elif watch and job.failed:
+                self.settle(job)
 
-    def submit_one(self, job: Job) -> None:
-        """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
-        try:
-            if job.submitted:                    # found by reconcile() while it waited in the queue
-                return
-            spec = self.store.spec(job.num)
-            errors = outages = 0
-            while not self.stopping.is_set():
-                tag = f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
-                try:
-                    if job.intent == tag:        # an earlier try may have reached the server
-                        found = self.find([job])
-                        if found:
-                            self.record_submission(job, found[tag])
-                            return
-                    job.intent = tag             # on disk before the call: a crash leaves a trace
-                    self.store.save(job, sync=True)
-                    job_id = self.call(self.backend.submit, spec, tag)
-                except ProxyExpired:
-                    continue                     # the next call waits for a fresh proxy
-                except ServerUnreachable:
-                    outages += 1                 # announced once by call(); not this job's fault
-                    self.stopping.wait(backoff(outages))
-                    continue
-                except CallFailed as e:
-                    errors += 1
-                    job.error = str(e)
-                    self.display.message(f"#{job.num} {job.name}: {e} (try {errors}/{SUBMIT_ATTEMPTS})")
-                    if errors >= SUBMIT_ATTEMPTS:
-                        self.transition(job, JobState(FAILED, "Submission failed", job.error))
-                        self.settle(job)
-                        return
-                    self.stopping.wait(backoff(errors))
-                    continue
-                self.record_submission(job, job_id)
-                return
-        finally:
-            self.submitting -= 1
-            self.queued.discard(job.num)
-            self.check_finished()
-
-    def submit_bundle(self, jobs: list[Job]) -> None:
-        """Submit jobs in one call; a bundle that keeps failing goes back to the queue one job at a
-        time, one the server finds too large split.
-
-        Exactly once as for one job: every job's tag is on disk before the call, and after a failed
-        call the jobs that reached the server anyway are found by their tags and kept.
-        """
-        requeued: list = []
-        bundle = [job.num for job in jobs]
-        try:
-            jobs = [job for job in jobs if not job.submitted]     # reconcile() may have found some
-            specs = {job.num: self.store.spec(job.num) for job in jobs}
-            errors = outages = 0
-            while not self.stopping.is_set():
-                try:
-                    jobs = self.adopt_accepted(jobs)
-                    if len(jobs) < 2:
-                        break
-                    tags = [f"{self.meta['tag']}.{job.num}.{job.attempts + 1}" for job in jobs]
-                    for job, tag in zip(jobs, tags):
-                        job.intent = tag         # on disk before the call: a crash leaves a trace
-                    self.store.save(*jobs, sync=True)
-                    ids = self.call(self.backend.submit_bundle, [specs[job.num] for job in jobs], tags)
-                except BundleTooLarge as e:      # refused before any job was made: split it
-                    for job in jobs:
-                        job.intent = ""
-                    self.store.save(*jobs, sync=True)
-                    most = max(1, min(e.limit, len(jobs) - 1))
-                    self.display.message(f"{e}; splitting {len(jobs)} job(s) into bundles of at most {most}")
-                    requeued = [part if len(part) > 1 else part[0]
-                                for part in split_evenly([job.num for job in jobs], most)]
-                    return
-                except ProxyExpired:
-                    continue                     # the next call waits for a fresh proxy
-                except ServerUnreachable:
-                    outages += 1                 # announced once by call(); not the bundle's fault
-                    self.stopping.wait(backoff(outages))
-                    continue
-                except CallFailed as e:
-                    errors += 1
-                    self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} ({len(jobs)} jobs): {e} "
-                                         f"(try {errors}/{SUBMIT_ATTEMPTS})")
-                    if errors >= SUBMIT_ATTEMPTS:
-                        self.display.message(f"bundle #{jobs[0].num}-#{jobs[-1].num} not accepted; "
-                                             f"submitting its {len(jobs)} job(s) one by one")
-                        break
-                    self.stopping.wait(backoff(errors))
-                    continue
-                for job, job_id in zip(jobs, ids):
-                    self.record_submission(job, job_id, save=False)
-                self.store.save(*jobs, sync=True)
-                return
-            if self.stopping.is_set():
-                return                                   # left for the next run, as they are
-            requeued = [job.num for job in jobs]         # what is left of the bundle goes one by one
-        finally:
-            for item in requeued:
-                self.to_submit.put(item)                 # still in self.queued: not queued twice
-            again = {num for item in requeued for num in (item if isinstance(item, list) else [item])}
-            self.queued.difference_update(num for num in bundle if num not in again)
-            self.submitting -= 1
-            self.check_finished()
-
-    def adopt_accepted(self, jobs: list[Job]) -> list[Job]:
-        """Keep the jobs an earlier try placed on the server after all; return the others."""
-        tried = [job for job in jobs if job.intent == f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"]
-        if not tried:
-            return jobs
-        found = self.find(tried)
-        adopted = [job for job in tried if job.intent in found]
-        for job in adopted:
-            self.record_submission(job, found[job.intent], save=False)
-        if adopted:
-            self.store.save(*adopted, sync=True)
-        return [job for job in jobs if not job.submitted]
-
-    def record_submission(self, job: Job, job_id: int, save: bool = True) -> None:
-        was_in_progress = job.in_progress
-        job.dirac_id = job_id
-        self.by_id[job_id] = job
-        self.jobs_in_progress += job.in_progress - was_in_progress
-        job.ids.append(job_id)
-        job.attempts += 1
-        job.error = job.intent = ""
-        self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
-        if save:
-            self.store.save(job, sync=True)
-
-    # -- resubmitting -----------------------------------------------------------------------------
-
-    def retire_attempt(self, job: Job) -> None:
-        """Keep the attempt that ended apart (its output moves to retried/), so the next starts clean.
-        Safe to repeat after a crash: the move is skipped once done, the record is written last."""
-        kept = ""
-        if job.output:
-            kept = os.path.join(RETRIED_DIR, f"{job.folder_name()}.{len(job.past) + 1}")
-            move_into_place(self.batch_dir / job.output, self.batch_dir / kept)
-        ended = next((t for status, t in reversed(job.history) if status == job.status), None)
-        job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
-                         "site": job.site, "reason": failure_reason(job) if job.failed else "",
-                         "ended": ended, "output": kept})
-        self.jobs_downloaded -= bool(job.output)
-        job.output, job.error, job.download_tries = "", "", 0
-
-    def resubmit(self, job: Job) -> None:
-        """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
-        self.retire_attempt(job)
-        self.by_id.pop(job.dirac_id, None)
-        job.dirac_id = 0
-        self.transition(job, JobState(SUBMITTING, f"Resubmission {len(job.past)}"), save=False)
-        self.store.save(job, sync=True)
-        self.queue_submission(job)
-
-    def settle(self, job: Job) -> None:
-        """A failed job's output is in (or given up on): resubmit it, or end the watch, as asked."""
-        if self.exit_when == "first-failure":
-            return self.exit_early(f"#{job.num} {job.name} failed ({failure_reason(job)})")
-        refusal = self.retry_refusal(job)
-        if refusal is None:
-            self.display.message(f"#{job.num} {job.name}: resubmitting "
-                                 f"(retry {len(job.past) + 1}/{self.retries}; {failure_reason(job)})")
-            return self.resubmit(job)
-        if refusal and failure_reason(job) not in self.not_retried:
-            self.not_retried.add(failure_reason(job))
-            self.display.message(refusal)
-        if self.exit_when == "all-done":
-            self.exit_early(f"#{job.num} {job.name} failed for good ({failure_reason(job)})")
-
-    def retry_refusal(self, job: Job) -> Optional[str]:
-        """None if --retries allows another attempt; else why not ("" when there is nothing to say)."""
-        if len(job.past) >= self.retries:
-            return ""
-        reason = failure_reason(job)
-        if self.attempt_stats.systematic(reason):
-            failures, finished = self.attempt_stats.failures[reason], self.attempt_stats.finished
-            return (f"not retrying jobs that fail with {reason!r}: {failures} of {finished} finished "
-                    f"attempts failed that way, so it fails everywhere; fix the cause, then "
-                    f"`grid resubmit --reason {shell_quote(reason)}`")
-        return None
-
-    # -- monitoring -------------------------------------------------------------------------------
-
-    def monitor(self) -> None:
-        failures = 0
-        while not self.stopping.is_set():
-            try:
-                self.sweep()
-            except ProxyExpired:
-                continue                         # the next call waits for a fresh proxy
-            except CallFailed as e:
-                failures += 1
-                self.server_trouble(str(e), "status")   # an error reply too: status is all we need here
-                self.stopping.wait(backoff(failures, self.interval))
-                continue
-            failures = 0
-            self.warn_cleaning()
-            self.check_finished()
-            self.stopping.wait(self.interval)
-
-    def sweep(self) -> None:
-        """Ask about every job that is not final, in calls of at most BULK_STATUS_MAX ids; none, no call."""
-        if not self.jobs_in_progress:      # only downloads left: not even a look at the jobs
-            return
-        active = [j.dirac_id for j in self.jobs.values() if j.submitted and not is_final(j.status)]
-        for chunk in chunks(active, BULK_STATUS_MAX):
-            self.apply(self.call(self.backend.status, chunk))
+    # -- status ----------------------------------------------------------------------------------
 
     def apply(self, states: dict[int, JobState]) -> None:
+        """What a status call reported, for the jobs it changed; one write for all of them."""
         changed = []
         for job_id, state in states.items():
             job = self.by_id.get(job_id)
@@ -2427,53 +1974,194 @@ class Engine:
                 self.final_times.append(time.time())
                 self.attempt_stats.add(job)
             if is_final(job.status) and job.submitted:
-                self.downloads.put(job.num)
+                self.download_due(job)
         if save:
             self.store.save(job)
 
-    # -- downloading ------------------------------------------------------------------------------
+    # -- submissions -----------------------------------------------------------------------------
 
-    def download_all(self) -> None:
-        pool = gevent.pool.Pool(self.download_parallel)
-        while not self.stopping.is_set():
-            try:
-                num = self.downloads.get(timeout=0.2)
-            except gevent.queue.Empty:
+    def tag(self, job: Job) -> str:
+        """The tag of the job's next submission, "<batch tag>.<local number>.<attempt>" (in its JDL)."""
+        return f"{self.meta['tag']}.{job.num}.{job.attempts + 1}"
+
+    def intend(self, jobs: list[Job], tags: list[str]) -> None:
+        """Note the submissions about to be sent (tags "" when none is after all), on disk before the
+        call: a crash leaves a trace of every submission that may have reached the server."""
+        for job, tag in zip(jobs, tags):
+            job.intent = tag
+        self.store.save(*jobs, sync=True)
+
+    def in_doubt(self) -> dict[str, Job]:
+        """Submissions that may have reached the server before a crash, by their tags."""
+        return {job.intent: job for job in self.jobs.values() if job.intent and not job.submitted}
+
+    def find_query(self, jobs: list[Job]) -> tuple[list[str], list[str], set[int]]:
+        """What Backend.find needs to look for these jobs' intended submissions: their tags, the job
+        groups they were submitted in, and the ids the batch knows already."""
+        groups = sorted({match.group(1).strip() for job in jobs
+                         for match in [GROUP_PATTERN.search(self.store.spec(job.num).jdl)] if match})
+        known = {job_id for job in self.jobs.values() for job_id in job.ids}
+        return [job.intent for job in jobs], groups, known
+
+    def record_submission(self, job: Job, job_id: int, save: bool = True) -> None:
+        was_in_progress = job.in_progress
+        job.dirac_id = job_id
+        self.by_id[job_id] = job
+        self.jobs_in_progress += job.in_progress - was_in_progress
+        job.ids.append(job_id)
+        job.attempts += 1
+        job.error = job.intent = ""
+        self.transition(job, JobState(RECEIVED, "Job accepted"), save=False)
+        if save:
+            self.store.save(job, sync=True)
+
+    def adopt(self, jobs: list[Job], found: dict[str, int]) -> None:
+        """Record the submissions the server accepted, {intent tag: id}, in one write."""
+        adopted = [job for job in jobs if job.intent in found]
+        for job in adopted:
+            self.record_submission(job, found[job.intent], save=False)
+        if adopted:
+            self.store.save(*adopted, sync=True)
+
+    def submission_refused(self, job: Job, error: Exception, tries: int) -> bool:
+        """An error reply to a submission, noted on the job; whether it is worth another try."""
+        job.error = str(error)
+        self.display.message(f"#{job.num} {job.name}: {error} (try {tries}/{SUBMIT_ATTEMPTS})")
+        return tries < SUBMIT_ATTEMPTS
+
+    def bundle_refused(self, jobs: list[Job], error: Exception, tries: int) -> bool:
+        """An error reply to a bundle; whether it is worth another try (else its jobs go one by one)."""
+        if isinstance(error, BundleTooLarge):
+            return False
+        name = f"bundle #{jobs[0].num}-#{jobs[-1].num}"
+        self.display.message(f"{name} ({len(jobs)} jobs): {error} (try {tries}/{SUBMIT_ATTEMPTS})")
+        if tries >= SUBMIT_ATTEMPTS:
+            self.display.message(f"{name} not accepted; submitting its {len(jobs)} job(s) one by one")
+        return tries < SUBMIT_ATTEMPTS
+
+    def split_bundle(self, jobs: list[Job], limit: int, why: str) -> list:
+        """A bundle the server finds too large (it made none of its jobs): smaller ones to submit."""
+        self.intend(jobs, [""] * len(jobs))
+        most = max(1, min(limit, len(jobs) - 1))
+        self.display.message(f"{why}; splitting {len(jobs)} job(s) into bundles of at most {most}")
+        return [part if len(part) > 1 else part[0] for part in split_evenly([job.num for job in jobs], most)]
+
+    def submission_failed(self, job: Job) -> None:
+        """The server refused the job every time: it fails, and the retry policy has its say."""
+        self.transition(job, JobState(FAILED, "Submission failed", job.error))
+        self.settle(job)
+
+    @property
+    def bundling(self) -> bool:
+        """Jobs go in bundles where the backend can: with --bulk, or those of a parametric job."""
+        return self.bulk or bool(self.sequences)
+
+    def bundles(self, pending: list[int], limit: int,
+                key: Callable[[JobSpec], Optional[tuple]]) -> tuple[list[list[int]], list[int]]:
+        """Jobs with equal bundle keys in bundles of at most limit (as even as can be); the rest one by one.
+        With --bulk that is every job; else only the jobs of one parametric job go together (in
+        parameter order, so that the server makes them in one call, as DIRAC would)."""
+        sequence_of = {num: n for n, (first, last) in enumerate(self.sequences) for num in range(first, last + 1)}
+        why = "bulk" if self.bulk else "parametric"
+        groups: dict[tuple, list[int]] = {}
+        singles = []
+        for num in pending:
+            if not self.bulk and num not in sequence_of:
+                singles.append(num)
                 continue
-            self.downloading += 1                # counted before waiting: the run is not over
-            pool.wait_available()
-            pool.spawn(self.download_one, self.jobs[num]).link_exception(self._crashed)
-        pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
+            group = key(self.store.spec(num))
+            if group is None:
+                singles.append(num)
+            else:
+                groups.setdefault((() if self.bulk else (sequence_of[num],)) + (group,), []).append(num)
+        bundles = []
+        for members in groups.values():
+            for part in split_evenly(members, limit):
+                if len(part) > 1:
+                    bundles.append(part)
+                else:
+                    singles += part
+        singles.sort()
+        alone = sum(1 for num in singles if self.bulk or num in sequence_of)
+        self.display.message(f"{why}: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
+                             f"(at most {limit} each), {alone} one by one")
+        return bundles, singles
 
-    def download_one(self, job: Job) -> None:
-        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
-        outages = 0
-        try:
-            while job.needs_download and not self.stopping.is_set():
-                try:
-                    job.output = self.call(download_output, self.backend, job, self.batch_dir)
-                    self.jobs_downloaded += 1
-                    job.error = ""
-                    self.display.downloaded(job)
-                except ProxyExpired:
-                    continue                     # the next call waits for a fresh proxy
-                except ServerUnreachable:
-                    outages += 1                 # announced once by call()
-                    self.stopping.wait(backoff(outages))
-                    continue
-                except (CallFailed, OSError, tarfile.TarError) as e:
-                    job.download_tries += 1
-                    job.error = f"output download failed: {e}"
-                    self.display.message(f"#{job.num} {job.name}: {job.error} "
-                                         f"(try {job.download_tries}/{DOWNLOAD_ATTEMPTS})")
-                    if job.download_tries < DOWNLOAD_ATTEMPTS:
-                        self.stopping.wait(backoff(job.download_tries))
-                self.store.save(job)
-            if job.failed and not job.needs_download and not self.stopping.is_set():
-                self.settle(job)
-        finally:
-            self.downloading -= 1
-            self.check_finished()
+    # -- downloads -------------------------------------------------------------------------------
+
+    def record_download(self, job: Job, folder: str) -> None:
+        job.output = folder
+        self.jobs_downloaded += 1
+        job.error = ""
+        self.display.downloaded(job)
+        self.store.save(job)
+
+    def download_failed(self, job: Job, error: Exception) -> bool:
+        """Count a failed download against the job; whether it is worth another try."""
+        job.download_tries += 1
+        job.error = f"output download failed: {error}"
+        self.display.message(f"#{job.num} {job.name}: {job.error} "
+                             f"(try {job.download_tries}/{DOWNLOAD_ATTEMPTS})")
+        self.store.save(job)
+        return job.needs_download
+
+    # -- resubmitting and the retry policy -------------------------------------------------------
+
+    def retire_attempt(self, job: Job) -> None:
+        """Keep the attempt that ended apart (its output moves to retried/), so the next starts clean.
+        Safe to repeat after a crash: the move is skipped once done, the record is written last."""
+        kept = ""
+        if job.output:
+            kept = os.path.join(RETRIED_DIR, f"{job.folder_name()}.{len(job.past) + 1}")
+            move_into_place(self.batch_dir / job.output, self.batch_dir / kept)
+        ended = next((t for status, t in reversed(job.history) if status == job.status), None)
+        job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
+                         "site": job.site, "reason": failure_reason(job) if job.failed else "",
+                         "ended": ended, "output": kept})
+        self.jobs_downloaded -= bool(job.output)
+        job.output, job.error, job.download_tries = "", "", 0
+
+    def resubmit(self, job: Job) -> None:
+        """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
+        self.retire_attempt(job)
+        self.by_id.pop(job.dirac_id, None)
+        job.dirac_id = 0
+        self.transition(job, JobState(SUBMITTING, f"Resubmission {len(job.past)}"), save=False)
+        self.store.save(job, sync=True)
+        self.submission_due(job)
+
+    def settle(self, job: Job) -> None:
+        """A failed job's output is in (or given up on): resubmit it, or end the watch, as asked."""
+        if self.exit_when == "first-failure":
+            return self.exit_early(f"#{job.num} {job.name} failed ({failure_reason(job)})")
+        refusal = self.retry_refusal(job)
+        if refusal is None:
+            self.display.message(f"#{job.num} {job.name}: resubmitting "
+                                 f"(retry {len(job.past) + 1}/{self.retries}; {failure_reason(job)})")
+            return self.resubmit(job)
+        if refusal and failure_reason(job) not in self.not_retried:
+            self.not_retried.add(failure_reason(job))
+            self.display.message(refusal)
+        if self.exit_when == "all-done":
+            self.exit_early(f"#{job.num} {job.name} failed for good ({failure_reason(job)})")
+
+    def retry_refusal(self, job: Job) -> Optional[str]:
+        """None if --retries allows another attempt; else why not ("" when there is nothing to say)."""
+        if len(job.past) >= self.retries:
+            return ""
+        reason = failure_reason(job)
+        if self.attempt_stats.systematic(reason):
+            failures, finished = self.attempt_stats.failures[reason], self.attempt_stats.finished
+            return (f"not retrying jobs that fail with {reason!r}: {failures} of {finished} finished "
+                    f"attempts failed that way, so it fails everywhere; fix the cause, then "
+                    f"`grid resubmit --reason {shell_quote(reason)}`")
+        return None
+
+    def exit_early(self, why: str) -> None:
+        self.exited_early = why
+        self.display.message(f"{why}; stopping as --exit-when {self.exit_when} asks "
+                             "(`grid watch` follows the rest)")
+        self.exit_due()
 
 
 class AttemptStats:
@@ -2524,6 +2212,473 @@ def move_into_place(source: Path, dest: Path) -> None:
     if source.exists() and not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.rename(source, dest)
+
+
+# ==================================================================================================
+# Engine
+# ==================================================================================================
+# Every backend call goes through BackendCalls: the one place that runs blocking calls in gevent's
+# threadpool, waits while the proxy is expired, waits out outages and counts tries, and announces an
+# outage or an expired proxy in one line, however many calls meet it. One engine per command that
+# watches: it owns a Batch and every greenlet and pool: a submitter (bounded pool), a monitor (one
+# bulk status sweep every interval, only for jobs that are not final), a downloader (bounded pool)
+# and a proxy watcher. Blocking backend calls overlap, and the loop stays responsive.
+
+class Stopped(Exception):
+    """The engine is stopping: a call it would have made (again) is left for the next run."""
+
+
+class BackendCalls:
+    """Calls into one backend, with the outage and proxy state they all share.
+
+    In an engine, `retry` makes a call (or a few, as one attempt) until it works or its tries are
+    used: an expired proxy is waited for and an outage is waited out, neither costing a try; an error
+    reply costs one. A command that calls the server once uses `once`: an outage is waited out for
+    ONCE_DEADLINE seconds, and any failure becomes a BackendError with the command's fix.
+    """
+
+    def __init__(self, backend: Backend, display: Listener,
+                 stopping: Optional[gevent.event.Event] = None) -> None:
+        self.backend, self.display = backend, display
+        self.stopping = stopping or gevent.event.Event()
+        self.threadpool = gevent.get_hub().threadpool
+        self.outage_since: Optional[float] = None
+        self.unreachable: set[str] = set()        # kinds of call whose last try found no server
+        self.proxy_ok = gevent.event.Event()      # cleared while the proxy is expired: calls wait
+        self.proxy_ok.set()
+        self.proxy_warned = False
+        self.proxy_left_at: Optional[tuple[float, float]] = None    # (seconds left, when we looked)
+
+    def call(self, fn: Callable, *args: Any) -> Any:
+        """One try. It waits while the proxy is expired; an expired proxy or an outage it meets is
+        announced once, whichever greenlet made the call."""
+        self.wait_for_proxy()
+        try:
+            result = self.blocking(fn, *args)
+        except ProxyExpired:
+            self.proxy_expired()
+            raise
+        except ServerUnreachable as e:
+            self.server_trouble(str(e), getattr(fn, "__name__", "call"))
+            raise
+        self.server_back(getattr(fn, "__name__", "call"))
+        return result
+
+    def retry(self, attempt: Callable[[], Any], failed: Callable[[Exception, int], bool] = None,
+              errors: tuple = (CallFailed,), outage: str = "", base: float = 1.0) -> Any:
+        """What attempt() returns once it works; attempt makes its calls through call().
+
+        An error reply (or another of `errors`) is handed to failed(error, tries), which says whether
+        to try again; with `outage` instead, error replies count as an outage of that kind, tried
+        for ever (a status sweep: the watch can do nothing else). Waits between tries grow from
+        `base` seconds. Raises Stopped when the engine stops first, or the error failed() gives up on.
+        """
+        tries = outages = 0
+        while not self.stopping.is_set():
+            try:
+                return attempt()
+            except ProxyExpired:
+                continue                          # the next call waits for a fresh proxy
+            except ServerUnreachable:
+                outages += 1                      # announced once by call(); costs no try
+                self.stopping.wait(backoff(outages, base))
+            except errors as e:
+                tries += 1
+                if outage:
+                    self.server_trouble(str(e), outage)
+                elif not failed(e, tries):
+                    raise
+                self.stopping.wait(backoff(tries, base))
+        raise Stopped()
+
+    def once(self, fn: Callable, *args: Any, fix: str, failure: str = "",
+             errors: tuple = (CallFailed,)) -> Any:
+        """One call for a command that calls the server once: an outage is announced and waited out
+        for up to ONCE_DEADLINE seconds; then, or at any other failure, a BackendError that says
+        `failure` and the reason, with the command's fix."""
+        deadline, outages, kind = time.monotonic() + ONCE_DEADLINE, 0, getattr(fn, "__name__", "call")
+        while True:
+            try:
+                result = self.blocking(fn, *args)
+            except ServerUnreachable as e:
+                outages += 1
+                pause = backoff(outages)
+                if time.monotonic() + pause > deadline:
+                    raise BackendError(f"{failure}{e}", fix) from None
+                self.server_trouble(str(e), kind)
+                gevent.sleep(pause)
+                continue
+            except errors as e:
+                raise BackendError(f"{failure}{e}", fix) from None
+            self.server_back(kind)
+            return result
+
+    def blocking(self, fn: Callable, *args: Any) -> Any:
+        if not self.backend.threaded:
+            return fn(*args)
+        ok, value = self.threadpool.spawn(outcome, fn, *args).get()
+        if not ok:
+            raise value
+        return value
+
+    # -- outages ---------------------------------------------------------------------------------
+
+    def server_trouble(self, message: str, kind: str) -> None:
+        """An outage starts: one line, however many calls of however many kinds then fail."""
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self.display.message(f"server unreachable since {clock(self.outage_since)}: {message}; retrying")
+        self.unreachable.add(kind)
+
+    def server_back(self, kind: str) -> None:
+        """It ends when every kind of call that failed works again: a partial outage (the sandbox
+        store down, job monitoring up) stays one outage instead of flickering."""
+        if kind in self.unreachable:
+            self.unreachable.discard(kind)
+            if not self.unreachable:
+                self.display.message(f"server reachable again (unreachable since {clock(self.outage_since)})")
+                self.outage_since = None
+
+    def server_state(self) -> str:
+        if not self.proxy_ok.is_set():
+            return "paused: grid proxy expired"
+        if self.outage_since is not None:
+            return f"server unreachable since {clock(self.outage_since)}"
+        if self.proxy_left_at is None:
+            return "server ok"
+        left, seen = self.proxy_left_at
+        return f"server ok, proxy {duration(max(0.0, left - (time.monotonic() - seen)))} left"
+
+    # -- the proxy -------------------------------------------------------------------------------
+
+    def watch_proxy(self, active: Callable[[], int]) -> None:
+        """Look at the proxy every few seconds (a local file): pause every call while it is expired,
+        resume once a fresh one appears, and warn once before it expires while jobs are active."""
+        while not self.stopping.is_set():
+            left = self.blocking(self.backend.proxy_seconds_left)
+            if left is None:
+                return                               # this backend needs no proxy
+            self.proxy_left_at = (left, time.monotonic())
+            if left <= PROXY_MIN_LEFT:
+                self.proxy_expired()
+            else:
+                self.proxy_renewed(left)
+                self.proxy_running_out(left, active())
+            self.stopping.wait(PROXY_POLL)
+
+    def wait_for_proxy(self) -> None:
+        if not self.proxy_ok.is_set():
+            gevent.wait([self.proxy_ok, self.stopping], count=1)
+            if not self.proxy_ok.is_set():
+                raise ProxyExpired("stopped while waiting for a fresh grid proxy")
+
+    def proxy_expired(self) -> None:
+        if self.proxy_ok.is_set():
+            self.proxy_ok.clear()
+            self.display.message(f"grid proxy expired: paused, nothing is lost; renew it with "
+                                 f"{renew_command()} and this resumes by itself")
+
+    def proxy_renewed(self, left: float) -> None:
+        if not self.proxy_ok.is_set():
+            self.proxy_ok.set()
+            self.display.message(f"grid proxy renewed ({duration(left)} left): resuming")
+
+    def proxy_running_out(self, left: float, active: int) -> None:
+        if left >= PROXY_WARN_LEFT:
+            self.proxy_warned = False
+        elif not self.proxy_warned and active:
+            self.proxy_warned = True
+            self.display.message(f"grid proxy expires in {duration(left)} (at {clock(time.time() + left)}); "
+                                 f"renew it with {renew_command()}, or watching pauses then")
+
+
+class Engine:
+    """Submits, watches and downloads a batch's jobs concurrently, until every job is final and
+    downloaded (or until --exit-when says so)."""
+
+    def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
+                 parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
+                 download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
+                 exit_when: str = "all-final") -> None:
+        self.batch = Batch(store, batch_dir, display, retries, exit_when)
+        self.backend, self.display, self.batch_dir = backend, display, batch_dir
+        self.parallel, self.download_parallel = parallel, download_parallel
+        self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
+        self.stopping = gevent.event.Event()
+        self.finished = gevent.event.Event()
+        self.calls = BackendCalls(backend, display, self.stopping)
+        threadpool = self.calls.threadpool
+        threadpool.maxsize = max(threadpool.maxsize, parallel + download_parallel + 2)
+        self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
+        self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
+        self.downloads: gevent.queue.Queue = gevent.queue.Queue()
+        self.submitting = 0
+        self.downloading = 0
+        self.interrupted = False
+        self.crash: Optional[BaseException] = None
+        self.batch.submission_due = self.queue_submission
+        self.batch.download_due = lambda job: self.downloads.put(job.num)
+        self.batch.exit_due = self.finished.set
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self, watch: bool = True) -> dict[int, Job]:
+        """Submit what is not submitted yet; with watch, follow every job until final and downloaded
+        (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
+        clean_partial_downloads(self.batch_dir)
+        self.display.start(self)
+        self.batch.resume(watch)
+        self.batch.warn_cleaning(self.backend.name)
+        workers = [gevent.spawn(self.submit_all, watch),
+                   gevent.spawn(self.calls.watch_proxy, lambda: self.batch.jobs_in_progress)]
+        if watch:
+            workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
+        for worker in workers:
+            worker.link_exception(self._crashed)
+        handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
+        try:
+            if watch:
+                self.check_finished()
+                self.finished.wait()
+            else:
+                workers[0].join()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            self.stopping.set()
+            gevent.joinall(workers, raise_error=False)
+            self.display.close(self)
+        if self.crash:
+            raise self.crash
+        return self.batch.jobs
+
+    def _crashed(self, greenlet: gevent.Greenlet) -> None:
+        self.crash = greenlet.exception
+        self.finished.set()
+
+    def stop(self) -> None:
+        """Ctrl-C: stop starting work, let submissions in flight finish and be recorded."""
+        if self.stopping.is_set():
+            self.display.message("stopping now")
+            self.finished.set()
+            return
+        self.display.message("stopping: state is kept, `grid watch` resumes "
+                             f"({self.submitting} submission(s) in flight finish first)")
+        self.interrupted = True
+        self.stopping.set()
+        self.finished.set()
+
+    def check_finished(self) -> None:
+        if not (self.batch.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
+            self.finished.set()
+
+    def progress(self) -> "Progress":
+        return self.batch.progress(self.calls.server_state())
+
+    def find(self, jobs: list[Job]) -> dict[str, int]:
+        """The ids of these jobs' intended submissions that reached the server: {tag: id}."""
+        return self.calls.call(self.backend.find, *self.batch.find_query(jobs))
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    def submit_all(self, keep_going: bool) -> None:
+        """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
+        self.reconcile()
+        if self.batch.bundling:
+            self.bundle_queued()
+        pool = gevent.pool.Pool(self.parallel)
+        while not self.stopping.is_set():
+            if self.to_submit.empty() and not keep_going and not (self.batch.bundling and len(pool)):
+                break                  # (a bundle in flight may still give jobs back to the queue)
+            try:
+                item = self.to_submit.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
+            pool.wait_available()
+            if self.stopping.is_set():
+                break
+            self.submitting += 1
+            if isinstance(item, list):
+                greenlet = pool.spawn(self.submit_bundle, [self.batch.jobs[num] for num in item])
+            else:
+                greenlet = pool.spawn(self.submit_one, self.batch.jobs[item])
+            greenlet.link_exception(self._crashed)
+        pool.join()           # submissions in flight are always waited for and recorded
+
+    def queue_submission(self, job: Job) -> None:
+        if job.num not in self.queued:
+            self.queued.add(job.num)
+            self.to_submit.put(job.num)
+
+    def bundle_queued(self) -> None:
+        """--bulk or parametric jobs: regroup the jobs waiting in the queue into bundles (lists of
+        job numbers) where the backend can; resubmissions, queued later, go one by one."""
+        waiting = []
+        while not self.to_submit.empty():
+            waiting.append(self.to_submit.get_nowait())
+        for num in waiting:
+            if self.batch.jobs[num].submitted:       # found by reconcile()
+                self.queued.discard(num)
+        pending = [num for num in waiting if not self.batch.jobs[num].submitted]
+        if not pending:
+            return
+        try:
+            limit = self.calls.retry(lambda: self.calls.call(self.backend.bundle_limit), outage="bundle_limit")
+        except Stopped:
+            return
+        if limit < 2:
+            if self.batch.bulk:
+                self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
+            bundles, singles = [], pending
+        else:
+            bundles, singles = self.batch.bundles(pending, limit, self.backend.bundle_key)
+        for item in bundles + singles:
+            self.to_submit.put(item)
+
+    def reconcile(self) -> None:
+        """After a crash, adopt the jobs the server accepted before their ids were stored."""
+        in_doubt = self.batch.in_doubt()
+        if not in_doubt:
+            return
+        try:
+            found = self.calls.retry(lambda: self.find(list(in_doubt.values())), outage="find",
+                                     base=self.interval)
+        except Stopped:
+            return
+        self.batch.adopt(list(in_doubt.values()), found)
+        self.display.message(f"{len(in_doubt)} submission(s) cut short earlier: {len(found)} found on the "
+                             f"server and kept, {len(in_doubt) - len(found)} not there, submitted now")
+
+    def submit_one(self, job: Job) -> None:
+        """Submit one job; only error replies count as tries, an outage or expired proxy is waited out."""
+        spec = None
+
+        def attempt() -> int:
+            tag = self.batch.tag(job)
+            if job.intent == tag:                # an earlier try may have reached the server
+                found = self.find([job])
+                if found:
+                    return found[tag]
+            self.batch.intend([job], [tag])
+            return self.calls.call(self.backend.submit, spec, tag)
+
+        try:
+            if job.submitted:                    # found by reconcile() while it waited in the queue
+                return
+            spec = self.batch.store.spec(job.num)
+            self.batch.record_submission(job, self.calls.retry(
+                attempt, lambda error, tries: self.batch.submission_refused(job, error, tries)))
+        except Stopped:
+            pass
+        except CallFailed:
+            self.batch.submission_failed(job)
+        finally:
+            self.submitting -= 1
+            self.queued.discard(job.num)
+            self.check_finished()
+
+    def submit_bundle(self, jobs: list[Job]) -> None:
+        """Submit jobs in one call; a bundle that keeps failing goes back to the queue one job at a
+        time, one the server finds too large split.
+
+        Exactly once as for one job: every job's tag is on disk before the call, and after a failed
+        call the jobs that reached the server anyway are found by their tags and kept.
+        """
+        requeued: list = []
+        bundle = [job.num for job in jobs]
+        jobs = [job for job in jobs if not job.submitted]         # reconcile() may have found some
+        specs = {}
+
+        def attempt() -> Optional[list[int]]:
+            nonlocal jobs
+            jobs = self.adopt_accepted(jobs)
+            if len(jobs) < 2:
+                return None
+            tags = [self.batch.tag(job) for job in jobs]
+            self.batch.intend(jobs, tags)
+            return self.calls.call(self.backend.submit_bundle, [specs[job.num] for job in jobs], tags)
+
+        try:
+            specs.update((job.num, self.batch.store.spec(job.num)) for job in jobs)
+            try:
+                ids = self.calls.retry(attempt, lambda error, tries: self.batch.bundle_refused(jobs, error, tries))
+            except BundleTooLarge as e:          # refused before any job was made: split it
+                requeued = self.batch.split_bundle(jobs, e.limit, str(e))
+                return
+            except CallFailed:
+                ids = None                       # not accepted: what is left goes one by one
+            if ids is not None:
+                self.batch.adopt(jobs, {job.intent: job_id for job, job_id in zip(jobs, ids)})
+            elif not self.stopping.is_set():
+                requeued = [job.num for job in jobs]
+        except Stopped:
+            pass                                         # left for the next run, as they are
+        finally:
+            for item in requeued:
+                self.to_submit.put(item)                 # still in self.queued: not queued twice
+            again = {num for item in requeued for num in (item if isinstance(item, list) else [item])}
+            self.queued.difference_update(num for num in bundle if num not in again)
+            self.submitting -= 1
+            self.check_finished()
+
+    def adopt_accepted(self, jobs: list[Job]) -> list[Job]:
+        """Keep the jobs an earlier try placed on the server after all; return the others."""
+        tried = [job for job in jobs if job.intent == self.batch.tag(job)]
+        if tried:
+            self.batch.adopt(tried, self.find(tried))
+        return [job for job in jobs if not job.submitted]
+
+    # -- monitoring and downloading ---------------------------------------------------------------
+
+    def monitor(self) -> None:
+        """A status sweep every interval; a failed one is tried again (an outage: one line) until it works."""
+        while not self.stopping.is_set():
+            try:
+                self.calls.retry(self.sweep, outage="status", base=self.interval)
+            except Stopped:
+                return
+            self.batch.warn_cleaning(self.backend.name)
+            self.check_finished()
+            self.stopping.wait(self.interval)
+
+    def sweep(self) -> None:
+        """Ask about every job that is not final, in calls of at most BULK_STATUS_MAX ids; none, no call."""
+        if not self.batch.jobs_in_progress:      # only downloads left: not even a look at the jobs
+            return
+        active = [j.dirac_id for j in self.batch.jobs.values() if j.submitted and not is_final(j.status)]
+        for chunk in chunks(active, BULK_STATUS_MAX):
+            self.batch.apply(self.calls.call(self.backend.status, chunk))
+
+    def download_all(self) -> None:
+        pool = gevent.pool.Pool(self.download_parallel)
+        while not self.stopping.is_set():
+            try:
+                num = self.downloads.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
+            self.downloading += 1                # counted before waiting: the run is not over
+            pool.wait_available()
+            pool.spawn(self.download_one, self.batch.jobs[num]).link_exception(self._crashed)
+        pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
+
+    def download_one(self, job: Job) -> None:
+        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
+        def fetch() -> str:
+            return self.calls.call(download_output, self.backend, job, self.batch_dir)
+
+        try:
+            with contextlib.suppress(CallFailed, OSError, tarfile.TarError):   # given up: job.error says why
+                if job.needs_download:
+                    self.batch.record_download(job, self.calls.retry(
+                        fetch, lambda error, _: self.batch.download_failed(job, error),
+                        errors=(CallFailed, OSError, tarfile.TarError)))
+            if job.failed and not job.needs_download and not self.stopping.is_set():
+                self.batch.settle(job)
+        except Stopped:
+            pass
+        finally:
+            self.downloading -= 1
+            self.check_finished()
 
 
 def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
@@ -2594,7 +2749,7 @@ def clock(when: Optional[float]) -> str:
 # Display
 # ==================================================================================================
 
-class Display:
+class Display(Listener):
     """The seed's output: a log line per status change and a summary line whenever counts change.
     Plain text with no control characters: what goes to a file, a pipe, CI or `nohup`."""
 
@@ -2609,7 +2764,7 @@ class Display:
         self.out.flush()
 
     def start(self, engine: Engine) -> None:
-        self.summary(engine.counts())
+        self.summary(engine.batch.counts())
 
     def close(self, engine: Engine) -> None:
         """The run is over (finished, stopped or crashed)."""
@@ -2666,7 +2821,7 @@ class LiveDisplay(Display):
             self.ticker.kill()
         self.engine = None
         self.out.write("\r\x1b[K")
-        self.write(summary_line(engine.counts()))
+        self.write(summary_line(engine.batch.counts()))
 
     def summary(self, counts: list[int]) -> None:
         """The footer shows the counts; the seed's summary line is written once, at the end."""
@@ -2842,9 +2997,9 @@ def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path
                     retries=retries, exit_when=args.exit_when)
     if prepare:
         prepare(engine)
-    ensure_proxy_lasts(backend, engine.pending_submissions(), args.parallel)
+    ensure_proxy_lasts(backend, engine.batch.pending_submissions(), args.parallel)
     jobs = engine.run(watch=watch)
-    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.exited_early)
+    return finish(jobs, display, watched=watch, stopped=engine.interrupted, early=engine.batch.exited_early)
 
 
 def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
@@ -2922,7 +3077,7 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
 
         def resubmit_chosen(engine: Engine) -> None:
             for job in chosen:
-                engine.resubmit(engine.jobs[job.num])
+                engine.batch.resubmit(engine.batch.jobs[job.num])
             display.message(f"resubmitting {len(chosen)} job(s): "
                             + " ".join(f"#{j.num}" for j in chosen[:20]) + (" ..." if len(chosen) > 20 else ""))
 
@@ -2955,24 +3110,23 @@ def cmd_kill(args: argparse.Namespace) -> int:
         confirm(f"kill {len(chosen)} job(s)?", args.yes)
         backend = make_backend(meta["backend"], batch_dir)
         backend.connect()
+        calls = BackendCalls(backend, Display(sys.stderr))
+        fix = "check the server with `grid watch`, then try again"
         on_server = [j.dirac_id for j in chosen if j.submitted]
-        if on_server:
-            for chunk in chunks(on_server, BULK_STATUS_MAX):
-                backend.kill(chunk)
+        for chunk in chunks(on_server, BULK_STATUS_MAX):
+            calls.once(backend.kill, chunk, fix=fix)
         unsent = [j for j in chosen if not j.submitted]
         if store is None:
             print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
                   "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
             return EXIT_OK
-        engine = Engine(store, backend, Display(), batch_dir)
+        batch = Batch(store, batch_dir, Display())
         for job in unsent:
-            engine.transition(engine.jobs[job.num], JobState(KILLED, "Killed before submission"))
+            batch.transition(batch.jobs[job.num], JobState(KILLED, "Killed before submission"))
         if on_server:
-            engine.apply(engine.call(backend.status, on_server))
+            batch.apply(calls.once(backend.status, on_server, fix=fix))
         print(f"killed {len(chosen)} job(s); `grid watch` downloads what they left")
         return EXIT_OK
-    except CallFailed as e:
-        raise BackendError(str(e), "check the server with `grid watch`, then try again") from None
     finally:
         if store is not None:
             store.close()
@@ -2992,20 +3146,18 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
         confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        engine = Engine(store, backend, Display(), batch_dir)
+        batch, calls = Batch(store, batch_dir, Display()), BackendCalls(backend, Display(sys.stderr))
         ids = [j.dirac_id for j in chosen]
-        try:
-            engine.call(backend.reschedule, ids)
-            states = engine.call(backend.status, ids)
-        except CallFailed as e:
-            raise BackendError(str(e), "check the jobs with `grid status`; DIRAC limits how often a job "
-                               "is rescheduled, `grid resubmit` has no limit") from None
+        fix = "check the jobs with `grid status`; DIRAC limits how often a job is rescheduled, " \
+              "`grid resubmit` has no limit"
+        calls.once(backend.reschedule, ids, fix=fix)
+        states = calls.once(backend.status, ids, fix=fix)
         for job in chosen:
-            job = engine.jobs[job.num]
+            job = batch.jobs[job.num]
             if is_final(job.status):
-                engine.retire_attempt(job)
-            engine.transition(job, states.get(job.dirac_id, JobState(RESCHEDULED, "Job Rescheduled")),
-                              save=False)
+                batch.retire_attempt(job)
+            batch.transition(job, states.get(job.dirac_id, JobState(RESCHEDULED, "Job Rescheduled")),
+                             save=False)
             store.save(job, sync=True)
         print(f"rescheduled {len(chosen)} job(s); follow them with `grid watch`")
         return EXIT_OK
@@ -3266,13 +3418,12 @@ def print_logging_info(backend_name: str, job: Job, batch_dir: Path) -> None:
     try:
         if backend.threaded:                  # only DIRAC needs connecting; local reads files
             backend.connect()
-        records = blocking_call(backend, backend.logging_info, job.dirac_id)
     except GridError as e:
         fix = "; or " if e.fix else ""
         raise BackendError(e.message, f"{e.fix}{fix}add --offline to leave DIRAC's logging info out") from None
-    except CallFailed as e:
-        raise BackendError(f"cannot fetch the logging info of job {job.dirac_id}: {e}",
-                           "try again later, or add --offline to leave it out") from None
+    records = BackendCalls(backend, Display(sys.stderr)).once(
+        backend.logging_info, job.dirac_id, failure=f"cannot fetch the logging info of job {job.dirac_id}: ",
+        fix="try again later, or add --offline to leave it out")
     title = "DIRAC logging info" if backend.name == "dirac" else "local backend's logging info"
     rows = [(when(r.time), r.status, r.minor or "-", r.app or "-", r.source or "-") for r in records]
     sys.stdout.write(f"{title} (job {job.dirac_id}):\n" + "".join(f"  {line}\n" for line in table(rows)))
@@ -3282,13 +3433,6 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
     """Rows as left-aligned columns, two spaces apart."""
     widths = [max(len(cell) for cell in column) for column in zip(*rows)] if rows else []
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-
-
-def blocking_call(backend: Backend, fn: Callable, *args: Any) -> Any:
-    """A single backend call outside the engine: in gevent's threadpool when the backend is DIRAC."""
-    if backend.threaded:
-        return gevent.get_hub().threadpool.spawn(fn, *args).get()
-    return fn(*args)
 
 
 # logs
@@ -3355,25 +3499,24 @@ def fetch_now(args: argparse.Namespace, batch_dir: Path, meta: dict, job: Job) -
 def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job:
     """Ask for the job's status if we do not know it final yet, then download its output once."""
     backend.connect()
-    engine = Engine(store, backend, Display(io.StringIO()), batch_dir)
-    job = engine.jobs[num]
-    try:
-        if not is_final(job.status):
-            before = job.status
-            engine.apply(engine.call(backend.status, [job.dirac_id]))
-            if job.status != before:
-                print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
-        if not is_final(job.status):
-            raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
-                            "try again later; `grid watch` follows it and downloads the output")
-        if not job.output or not (batch_dir / job.output).is_dir():
-            job.output = engine.call(download_output, backend, job, batch_dir)
-            job.error = ""
-            store.save(job, sync=True)
-            print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
-    except (CallFailed, tarfile.TarError) as e:
-        raise BackendError(f"cannot download the output of #{job.num}: {e}",
-                           "try again later; `grid watch` retries downloads by itself") from None
+    batch, calls = Batch(store, batch_dir), BackendCalls(backend, Display(sys.stderr))
+    job = batch.jobs[num]
+    failure, fix = f"cannot download the output of #{job.num}: ", \
+        "try again later; `grid watch` retries downloads by itself"
+    if not is_final(job.status):
+        before = job.status
+        batch.apply(calls.once(backend.status, [job.dirac_id], failure=failure, fix=fix))
+        if job.status != before:
+            print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+    if not is_final(job.status):
+        raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
+                        "try again later; `grid watch` follows it and downloads the output")
+    if not job.output or not (batch_dir / job.output).is_dir():
+        job.output = calls.once(download_output, backend, job, batch_dir, failure=failure, fix=fix,
+                                errors=(CallFailed, tarfile.TarError))
+        job.error = ""
+        store.save(job, sync=True)
+        print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
     return job
 
 

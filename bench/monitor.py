@@ -49,10 +49,10 @@ def counted_sweeps(total: int, root: Path) -> dict:
     store.create_batch({"tag": "grid-count", "backend": "counting"}, jobs, [b""] * total)
     backend = CountingBackend()
     engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch)
-    open_jobs = engine.jobs_in_progress
+    open_jobs = engine.batch.jobs_in_progress
     engine.sweep()
     calls = list(backend.calls)
-    engine.apply({j.dirac_id: grid.JobState(grid.DONE) for j in engine.jobs.values() if not grid.is_final(j.status)})
+    engine.batch.apply({j.dirac_id: grid.JobState(grid.DONE) for j in engine.batch.jobs.values() if not grid.is_final(j.status)})
     backend.calls.clear()
     engine.sweep()
     store.close()
@@ -92,7 +92,7 @@ def client(batch: Path, phase: str) -> None:
     if phase == "active":
         from DIRAC.Interfaces.API.Dirac import Dirac
         from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
-        open_ids = [j.dirac_id for j in engine.jobs.values() if not grid.is_final(j.status)]
+        open_ids = [j.dirac_id for j in engine.batch.jobs.values() if not grid.is_final(j.status)]
         result["dirac_getJobStatus"] = timed_call(counter, Dirac().getJobStatus, open_ids)
         monitoring, thousand = JobMonitoringClient(), open_ids[:1000]
         result["one_call"] = {name: timed_call(counter, getattr(monitoring, name), thousand)
@@ -111,11 +111,11 @@ def timed_call(counter, method, ids: list) -> dict:
 
 
 def timed_sweep(engine: "grid.Engine", counter) -> dict:
-    asked = engine.jobs_in_progress
+    asked = engine.batch.jobs_in_progress
     wall, cpu = time.perf_counter(), time.process_time()
     engine.sweep()
     return {"open_before": asked, "seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu,
-            "calls": counter.take(), "open_after": engine.jobs_in_progress}
+            "calls": counter.take(), "open_after": engine.batch.jobs_in_progress}
 
 
 def on_the_lab(jobs: int, keep: bool) -> None:

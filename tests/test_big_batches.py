@@ -98,7 +98,7 @@ def test_summary_lines_follow_every_change_of_every_job(batch):
     backend = ScriptedBackend(end=lambda i: grid.FAILED if i % 3 == 0 else grid.DONE)
     engine = make_engine(batch, 300, backend, parallel=8)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     summaries = [line for line in engine.display.out.getvalue().splitlines() if line.startswith("S:")]
     totals = [sum(int(field.split(":")[1]) for field in line.split("\t")) for line in summaries]
     assert set(totals) == {300}                            # every job in exactly one column, always
@@ -111,7 +111,7 @@ def test_every_output_is_downloaded_with_one_download_at_a_time(batch):
     backend = ScriptedBackend()
     engine = make_engine(batch, 20, backend, download_parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert all(job.output for job in jobs.values())
     assert len(list((batch / "succeeded").iterdir())) == 20
 

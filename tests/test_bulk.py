@@ -155,7 +155,7 @@ def test_bundles_of_at_most_the_limit_and_every_job_recorded_and_downloaded_on_i
     names = [f"job-{i}" for i in range(250)] + ["alone-1", "alone-2"]
     engine = bulk_engine(batch, names, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert sorted(backend.bundles) == [83, 83, 84]
     assert_each_job_once(backend, jobs, 252)
     assert all(j.status == grid.DONE and j.output for j in jobs.values())
@@ -168,7 +168,7 @@ def test_a_bundle_larger_than_the_server_takes_is_split(batch):
     backend = BundlingBackend(announces=100, accepts=30)
     engine = bulk_engine(batch, [f"job-{i}" for i in range(100)], backend)
     jobs = engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     assert max(backend.bundles) <= 30 and sum(backend.bundles) == 100
     assert_each_job_once(backend, jobs, 100)
 
@@ -177,7 +177,7 @@ def test_a_bundle_that_keeps_failing_goes_one_by_one(batch):
     backend = BundlingBackend(bundle_failures=grid.SUBMIT_ATTEMPTS)
     engine = bulk_engine(batch, [f"job-{i}" for i in range(10)], backend)
     jobs = engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == []
     assert_each_job_once(backend, jobs, 10)
     assert "one by one" in engine.display.out.getvalue()
@@ -194,7 +194,7 @@ def test_a_bundle_whose_reply_was_lost_is_not_sent_again(batch):
     backend = LostReply()
     engine = bulk_engine(batch, [f"job-{i}" for i in range(20)], backend)
     jobs = engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [20]
     assert_each_job_once(backend, jobs, 20)
 
@@ -211,11 +211,11 @@ def test_a_crash_after_the_server_accepted_a_bundle_neither_loses_nor_duplicates
     engine = bulk_engine(batch, [f"job-{i}" for i in range(40)], backend, parallel=1)
     with pytest.raises(Crash):
         engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     store = grid.Store.open(batch, "watch")                    # a restart, from what is on disk
     engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch, interval=0.001, parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [10, 10, 10, 10]
     assert_each_job_once(backend, jobs, 40)
     assert "10 submission(s) cut short earlier: 10 found on the server" in engine.display.out.getvalue()
@@ -246,7 +246,7 @@ def test_an_outage_costs_a_bundle_none_of_its_tries_and_it_stays_one_bundle(batc
     backend = Outage()
     engine = bulk_engine(batch, [f"n{i}" for i in range(6)], backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = engine.display.out.getvalue()
     assert backend.bundles == [6]                          # not broken up into single jobs
     assert "(try" not in text and "not accepted" not in text

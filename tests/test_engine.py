@@ -79,7 +79,7 @@ def test_every_job_is_submitted_once_and_ends_downloaded(batch):
     backend = ScriptedBackend(end=lambda i: grid.FAILED if i % 10 == 0 else grid.DONE)
     engine = make_engine(batch, 50, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert sorted(backend.submitted) == sorted(f"grid-test.{n}.1" for n in range(1, 51))
     assert all(grid.is_final(j.status) and j.output for j in jobs.values())
     assert len(list((batch / "succeeded").iterdir())) == 45
@@ -91,7 +91,7 @@ def test_status_calls_ask_only_active_jobs_in_chunks_of_at_most_1000(batch):
     backend = ScriptedBackend()
     engine = make_engine(batch, 2500, backend, parallel=64)
     engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert max(len(call) for call in backend.status_calls) <= grid.BULK_STATUS_MAX
     assert backend.asked_after_final == set()        # a final job is never asked about again
     polled = {}
@@ -106,9 +106,9 @@ def test_no_status_call_when_nothing_is_active(batch):
     engine = make_engine(batch, 5, backend)
     engine.run()
     calls = len(backend.status_calls)
-    engine = grid.Engine(engine.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
+    engine = grid.Engine(engine.batch.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
     engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert len(backend.status_calls) == calls
 
 
@@ -117,7 +117,7 @@ def test_server_outage_is_one_line_and_watch_recovers(batch):
     engine = make_engine(batch, 3, backend)
     out = engine.display.out
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = out.getvalue()
     assert text.count("server unreachable since") == 1
     assert "server reachable again" in text
@@ -128,7 +128,7 @@ def test_submission_is_retried_after_errors(batch):
     backend = ScriptedBackend(submit_failures=3)
     engine = make_engine(batch, 2, backend, parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert all(j.attempts == 1 and j.status == grid.DONE for j in jobs.values())
 
 
@@ -136,7 +136,7 @@ def test_one_bad_download_does_not_stop_the_others_and_is_reported(batch):
     backend = ScriptedBackend(fetch_failures=lambda i: 99 if i == 1001 else 0)
     engine = make_engine(batch, 4, backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     bad = jobs[1]
     assert bad.output == "" and "sandbox store down" in bad.error
     assert bad.download_tries == grid.DOWNLOAD_ATTEMPTS
@@ -162,7 +162,7 @@ def test_the_loop_stays_responsive_while_threaded_calls_block(batch):
     engine.run(watch=False)
     elapsed = time.monotonic() - start
     ticker.kill()
-    engine.store.close()
+    engine.batch.store.close()
     assert elapsed < 16 * 0.2 / 3                   # the 16 submissions overlapped
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert max(gaps) < 0.15                          # and the loop never stalled for a whole call
@@ -196,11 +196,11 @@ def test_a_crash_after_the_server_accepted_neither_loses_nor_duplicates(batch):
             break
         except Crash:                  # the server accepted a job, the client died before the id was stored
             crashes += 1
-            engine.store.close()
+            engine.batch.store.close()
             store = grid.Store.open(batch, "watch")          # a restart, from what is on disk
             engine = grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
                                  interval=0.001, parallel=1)
-    engine.store.close()
+    engine.batch.store.close()
     assert crashes == 2
     tags = sorted(backend.server.values())
     assert tags == sorted(f"grid-test.{n}.1" for n in range(1, 11))      # each job once on the server
@@ -219,7 +219,7 @@ def test_a_failed_call_that_did_reach_the_server_is_not_sent_again(batch):
     backend = LostReply()
     engine = make_engine(batch, 3, backend, parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert len(backend.server) == 3
     assert sorted(j.dirac_id for j in jobs.values()) == sorted(backend.server)
 
@@ -274,7 +274,7 @@ def test_an_expired_proxy_pauses_everything_in_one_line_and_a_fresh_one_resumes(
     engine = make_engine(batch, 30, backend, parallel=4)
     renew_later(backend)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = engine.display.out.getvalue()
     assert text.count("grid proxy expired: paused") == 1
     assert "dirac-proxy-init -v 24:00" in text
@@ -295,14 +295,14 @@ def test_a_proxy_expiring_while_watching_pauses_status_and_downloads(batch, fast
     engine = make_engine(batch, 40, backend)
 
     def expire_when_some_are_done():
-        while not any(j.output for j in engine.jobs.values()):
+        while not any(j.output for j in engine.batch.jobs.values()):
             gevent.sleep(0.001)
         backend.left = 0.0
         renew_later(backend, 0.2)
 
     gevent.spawn(expire_when_some_are_done)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = engine.display.out.getvalue()
     assert text.count("grid proxy expired: paused") == 1 and text.count("grid proxy renewed") == 1
     assert all(j.output and j.download_tries == 0 for j in jobs.values())
@@ -313,7 +313,7 @@ def test_a_proxy_about_to_expire_is_warned_about_once(batch, fast_proxy_poll):
     backend = ProxyBackend(left=1800.0)
     engine = make_engine(batch, 3, backend, interval=0.02)
     engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = engine.display.out.getvalue()
     assert text.count("grid proxy expires in 30 min") == 1
     assert "paused" not in text
@@ -356,7 +356,7 @@ def test_an_outage_costs_no_submission_or_download_tries_and_is_one_line(batch):
     backend = Unreachable(down=3 * grid.SUBMIT_ATTEMPTS)
     engine = make_engine(batch, 4, backend, parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     text = engine.display.out.getvalue()
     assert all(j.status == grid.DONE and j.output and j.download_tries == 0 for j in jobs.values())
     assert sorted(backend.submitted) == sorted(f"grid-test.{n}.1" for n in range(1, 5))
@@ -394,9 +394,9 @@ def test_outputs_about_to_be_cleaned_on_the_server_are_warned_about_loudly_once(
     assert "about 7 days after the job ends, the first in 1.0 day(s)" in warnings[0]
     # the next watch warns again at once, and tries every missing output again
     engine.backend.fetch_failures = lambda job_id: 0
-    engine = grid.Engine(engine.store, engine.backend, grid.Display(io.StringIO()), batch, interval=0.005)
+    engine = grid.Engine(engine.batch.store, engine.backend, grid.Display(io.StringIO()), batch, interval=0.005)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert "WARNING: outputs of 5 job(s)" in engine.display.out.getvalue()
     assert all(j.output for j in jobs.values())
 
@@ -405,7 +405,7 @@ def test_recent_or_downloaded_outputs_and_backends_that_keep_them_are_not_warned
     monkeypatch.setattr(grid, "CLEANED_AFTER", {**grid.CLEANED_AFTER, "cleaning": 7 * 86400.0})
     engine = make_engine(batch, 3, Ended(age=2 * 86400.0), interval=0.005)
     engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert "WARNING" not in engine.display.out.getvalue()
     jobs = [grid.Job(num=1, name="a", status=grid.DONE, dirac_id=7, ended=time.time() - 6 * 86400)]
     assert grid.outputs_at_risk(jobs, "local", time.time()) == (0, 0.0)
@@ -420,7 +420,7 @@ def test_failed_calls_in_the_threadpool_print_no_tracebacks(batch, capfd):
 
     engine = make_engine(batch, 3, Threaded(status_failures=3, submit_failures=2))
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert all(j.status == grid.DONE for j in jobs.values())
     assert "Traceback" not in capfd.readouterr().err
 
@@ -440,11 +440,11 @@ def test_a_resubmitted_job_is_submitted_once_even_when_calls_overlap(batch):
     backend = SlowThreadedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
     engine = make_engine(batch, 4, backend)
     engine.run()
-    assert engine.jobs[1].failed
-    engine = grid.Engine(engine.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
-    engine.resubmit(engine.jobs[1])                 # as `grid resubmit 1` does, before the run
+    assert engine.batch.jobs[1].failed
+    engine = grid.Engine(engine.batch.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
+    engine.batch.resubmit(engine.batch.jobs[1])                 # as `grid resubmit 1` does, before the run
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.submitted.count("grid-test.1.2") == 1
     assert jobs[1].ids == [1001, 1005] and jobs[1].attempts == 2 and jobs[1].status == grid.DONE
 
@@ -453,7 +453,7 @@ def test_retries_stop_at_n_and_keep_every_attempt(batch):
     backend = ScriptedBackend(end=lambda i: grid.FAILED)
     engine = make_engine(batch, 1, backend, retries=2)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert jobs[1].attempts == 3 and len(jobs[1].ids) == 3 and len(jobs[1].past) == 2
     assert [p["output"] for p in jobs[1].past] == ["retried/00001_job-1.1", "retried/00001_job-1.2"]
     assert all((batch / p["output"] / "std.out").is_file() for p in jobs[1].past)
@@ -464,7 +464,7 @@ def test_live_footer_figures_follow_the_jobs_through_failures_retries_and_downlo
     backend = ScriptedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
     engine = make_engine(batch, 4, backend, retries=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     shown = engine.progress()
     assert shown.total == 4 and shown.final == sum(grid.is_final(j.status) for j in jobs.values()) == 4
     assert shown.failed == sum(j.failed for j in jobs.values())

@@ -164,4 +164,4 @@ def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch)
     engine.sweep()
     store.close()
     assert [name for name, _ in fake.calls] == ["getJobsStates"]
-    assert [(j.status, j.site) for j in engine.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]
+    assert [(j.status, j.site) for j in engine.batch.jobs.values()] == [(grid.KILLED, "LCG.CERN.cern"), (grid.KILLED, "")]

@@ -198,7 +198,7 @@ def test_without_bulk_each_sequence_is_one_bundle_and_the_rest_go_one_by_one(bat
     backend = BundlingBackend(announces=100)
     engine = sequence_engine(batch, [[2, 4], [6, 9]], 10, backend, parallel=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [3, 4]                      # two sequences, never merged with each other
     assert sorted(backend.server.values()) == sorted(f"grid-test.{k}.1" for k in range(1, 11))
     assert all(backend.server[job.dirac_id] == f"grid-test.{job.num}.1" for job in jobs.values())
@@ -211,7 +211,7 @@ def test_a_sequence_longer_than_the_servers_limit_is_split_in_order(batch):
     backend = BundlingBackend(announces=10)
     engine = sequence_engine(batch, [[1, 25]], 25, backend, parallel=1)
     jobs = engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [9, 8, 8]
     assert ids_in_order(jobs)
 
@@ -226,13 +226,13 @@ def test_a_crash_after_the_server_made_the_sequence_neither_loses_nor_duplicates
     engine = sequence_engine(batch, [[1, 5]], 5, backend)
     with pytest.raises(Crash):
         engine.run(watch=False)
-    engine.store.close()
+    engine.batch.store.close()
     store = grid.Store.open(batch, "watch")                    # a restart, from what is on disk
     engine = grid.Engine(store, BundlingBackend(), grid.Display(io.StringIO()), batch, interval=0.001)
     engine.backend.server, engine.backend.next_id = backend.server, backend.next_id
     engine.backend.step = backend.step
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [5] and engine.backend.bundles == [] and engine.backend.submitted == []
     assert all(backend.server[job.dirac_id] == f"grid-test.{job.num}.1" for job in jobs.values())
     assert "5 submission(s) cut short earlier: 5 found on the server" in engine.display.out.getvalue()
@@ -242,7 +242,7 @@ def test_resubmitting_one_job_of_a_sequence_submits_that_job_alone(batch):
     backend = BundlingBackend(end=lambda job_id: grid.FAILED if job_id == 1002 else grid.DONE)
     engine = sequence_engine(batch, [[1, 3]], 3, backend, retries=1)
     jobs = engine.run()
-    engine.store.close()
+    engine.batch.store.close()
     assert backend.bundles == [3]                          # the sequence once, as one bundle ...
     assert backend.submitted[-1] == "grid-test.2.2" and len(backend.server) == 4   # ... then #2 alone
     assert jobs[2].ids == [1002, 1004] and jobs[1].ids == [1001] and jobs[3].ids == [1003]

@@ -3409,6 +3409,8 @@ def tail_lines(path: Path, count: int) -> list[str]:
         lines = f.read().decode(errors="replace").splitlines()
     if size > TAIL_BYTES:
         lines = lines[1:]                     # cut in the middle
+    while lines and not lines[-1].strip():
+        lines.pop()                           # DIRAC ends each section of a step's log with a space
     return lines[-count:]
 
 

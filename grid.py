@@ -26,6 +26,21 @@ Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors
 Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
 """
 
+import os
+import signal
+import sys
+
+
+def interrupted_while_starting(signum: int, frame: object) -> None:
+    """Ctrl-C while Python imports gevent, plyvel and the rest (a few tenths of a second): nothing
+    has been done yet, so say so in one line instead of a traceback of the import machinery."""
+    sys.stderr.write("grid: interrupted while starting; nothing was done\n")
+    sys.stderr.flush()
+    os._exit(130)                              # EXIT_INTERRUPTED, defined below
+
+
+IMPORT_TIME_SIGINT = signal.signal(signal.SIGINT, interrupted_while_starting)   # put back at the end
+
 # gevent first. DIRAC's DISET client does its TLS I/O inside M2Crypto's C code, which no monkey
 # patch can make cooperative: under a full patch_all() every DIRAC call would block the process.
 # So threads stay real (thread=False): DIRAC calls run in gevent's threadpool and overlap, while
@@ -69,16 +84,16 @@ import glob  # noqa: E402
 import io  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
+import functools  # noqa: E402
 import marshal  # noqa: E402
-import os  # noqa: E402
+import pwd  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
+import stat  # noqa: E402
 import struct  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tarfile  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -134,7 +149,11 @@ INTERVAL = {"dirac": 20.0, "local": 0.2}   # seconds between status sweeps
 BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
-RUNNER_START_GRACE = 30.0            # seconds a local job may stay Matched before its runner is retried
+LOCAL_POLL = 0.05                    # seconds between the local site's looks at its running jobs
+LOCAL_SCAN_EVERY = 5.0               # seconds between its looks at every job, when nothing says to look
+LOCAL_SITE_IDLE = 1.0                # seconds the local site stays with nothing to do before it exits
+LOCAL_KILL_GRACE = 5.0               # seconds a killed local job gets after SIGTERM, before SIGKILL
+LOCAL_KILL_WAIT = 15.0               # seconds `kill` waits for the local site to record a job's end
 ONCE_DEADLINE = 30.0                 # seconds a command that calls the server once waits out an outage
 SNAPSHOT_TRIES = 5                   # copies of a busy database that `status` tries before giving up
 WHY_TAIL_LINES = 20                  # lines of a job's stdout that `why` shows
@@ -216,8 +235,12 @@ class BackendError(GridError):
     exit_code = EXIT_BACKEND
 
 
-class CallFailed(Exception):
-    """One backend call failed; the engine retries it later (server down, timeout, error reply)."""
+class CallFailed(GridError):
+    """One backend call failed; the engine retries it later (server down, timeout, error reply).
+    A command that calls the server once meets it through BackendCalls.once, which gives it the
+    command's fix; it is a GridError so that none can reach the user as a traceback."""
+
+    exit_code = EXIT_BACKEND
 
 
 class BundleTooLarge(CallFailed):
@@ -320,10 +343,11 @@ class Job:
     intent: str = ""                                 # tag of a submission that may have reached the server
     past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
     ended: float = 0.0                               # when it became final, by the server's clock if known
+    missing: list = field(default_factory=list)      # declared outputs it did not produce: [name, kind]
 
     # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent", "past", "ended")
+              "history", "output", "error", "download_tries", "intent", "past", "ended", "missing")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -405,6 +429,7 @@ class JobState:
     app: str = ""
     site: Optional[str] = ""          # None: not asked this time, the site the job had still holds
     ended: float = 0.0          # for a final job: its last update on the server (unix time), if known
+    missing: Optional[list] = None    # for a final job: declared outputs it did not produce, if known
 
 
 def outputs_at_risk(jobs: Iterable[Job], backend: str, now: float) -> tuple[int, float]:
@@ -441,7 +466,27 @@ class LoggingRecord:
     source: str                                # JobManager, Matcher, JobWrapper... (locally Scheduler, Runner)
 
 
+# Control characters as the escapes a reader knows: a job name with a newline or a tab would break
+# one-line-per-job output into two lines, or one column into two. JSON keeps them as they are.
+ONE_LINE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
+                          "\n": "\\n", "\t": "\\t", "\r": "\\r"})
+
+
+def one_line(text: str) -> str:
+    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b)."""
+    return text.translate(ONE_LINE)
+
+
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
+
+
+def not_produced(missing: list) -> str:
+    """The declared outputs a job did not produce, in a line: what the grid notes of the same job
+    (the output sandbox's OutputSandboxMissingFiles, the JobWrapper's "Missing specified output
+    data file")."""
+    kinds = {"sandbox": "output sandbox", "data": "output data"}
+    return "declared output not produced: " + ", ".join(f"{name} ({kinds.get(kind, kind)})"
+                                                        for name, kind in missing)
 
 
 def failure_reason(job: Job) -> str:
@@ -461,6 +506,20 @@ def exit_code(job: Job) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def exit_meaning(code: int) -> str:
+    """An exit status as a person reads it: a negative one is the signal that ended the step
+    (Python's and DIRAC's way of saying so: -11 is SIGSEGV)."""
+    if code == NOT_STARTED_STATUS:
+        return f"none: the step could not be started (DIRAC reports {code})"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return f"killed by signal {-code} ({name})"
+    return str(code)
+
+
 # ==================================================================================================
 # Store
 # ==================================================================================================
@@ -477,6 +536,59 @@ def job_key(num: int) -> bytes:
 
 def spec_key(num: int) -> bytes:
     return b"spec/%09d" % num
+
+
+def plyvel_errors_converted(method: Callable) -> Callable:
+    """A Store method whose plyvel errors (a disk full, a folder made read-only meanwhile) become
+    the program's own: the store is the only code that touches plyvel, so they are converted here."""
+
+    @functools.wraps(method)
+    def converted(store: "Store", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(store, *args, **kwargs)
+        except plyvel.Error as e:
+            raise database_error(e, store.state_dir) from None
+
+    return converted
+
+
+def database_error(error: Exception, state_dir: Path) -> GridError:
+    """What a plyvel error means for the user, and the fix. LevelDB says "IO error: <file>:
+    Permission denied" for a file it may not open, the LOCK file included, and "IO error: lock
+    <file>: ..." when another process holds the lock."""
+    text = plyvel_message(error)
+    denied = re.search(r"IO error: (?:lock )?(.+): Permission denied", text)
+    if denied:
+        path = Path(denied.group(1))
+        if not path.is_relative_to(state_dir):       # a snapshot's link to the batch's own file
+            path = state_dir / "db" / path.name
+        return BatchError(f"cannot use the batch database: permission denied on {path}",
+                          permission_fix(path, state_dir))
+    if re.search(r"IO error: lock |already held by process", text):
+        return BatchInUse(f"the batch in {state_dir.parent} is in use by {describe_owner(state_dir)}",
+                          "wait for it to finish or stop it (Ctrl-C); `grid status` works meanwhile")
+    if isinstance(error, plyvel.CorruptionError):
+        return BatchError(f"the batch database is damaged: {text}",
+                          f"repair it with: python -c \"import plyvel; "
+                          f"plyvel.repair_db('{state_dir / 'db'}')\"")
+    return BatchError(f"cannot use the batch database in {state_dir / 'db'}: {text}",
+                      f"check the disk and the permissions of {state_dir}")
+
+
+def permission_fix(path: Path, state_dir: Path) -> str:
+    """Whose the file is decides the fix: the owner makes it writable again, anyone else asks them."""
+    try:
+        uid = path.stat().st_uid
+    except OSError:
+        uid = state_dir.stat().st_uid if state_dir.exists() else os.getuid()
+    try:
+        owner = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        owner = f"uid {uid}"
+    if uid == os.geteuid():
+        return f"give yourself access to the batch's state again: `chmod -R u+rwX {shlex.quote(str(state_dir))}`"
+    return (f"the batch belongs to {owner}: run grid as {owner}, or work on a copy of the batch "
+            "directory; `grid status` needs only read access")
 
 
 class Store:
@@ -511,26 +623,21 @@ class Store:
         except PermissionError as e:
             raise BatchError(f"cannot write in {batch_dir}: {e.strerror}",
                              "submit from a directory you can write to") from None
-        except plyvel.IOError as e:
-            if "lock" in str(e).lower():
-                raise BatchInUse(f"the batch in {batch_dir} is in use by {describe_owner(state_dir)}",
-                                 "wait for it to finish or stop it (Ctrl-C); "
-                                 "`grid status` works meanwhile") from None
-            raise BatchError(f"cannot open the batch database: {plyvel_message(e)}",
-                             f"check the permissions of {state_dir}") from None
-        except plyvel.CorruptionError as e:
-            raise BatchError(f"the batch database is damaged: {plyvel_message(e)}",
-                             f"repair it with: python -c \"import plyvel; "
-                             f"plyvel.repair_db('{state_dir / 'db'}')\"") from None
-        if not create and db.get(b"meta") is None:
-            db.close()                   # a `submit` killed before it stored the jobs: nothing was sent
-            raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
-                             "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+        except plyvel.Error as e:
+            raise database_error(e, state_dir) from None
+        store = cls(db, state_dir, owned=False, path=path)
+        try:
+            if not create and not store.meta():  # a `submit` killed before it stored the jobs: none sent
+                raise BatchError(f"no batch in {batch_dir}: `grid submit` was stopped before it stored the "
+                                 "jobs, so nothing was submitted", "run `grid submit JOBFILE` here again")
+            if not create:
+                store.check_format(upgrade=True)
+        except GridError:
+            store.close()
+            raise
         owner = {"pid": os.getpid(), "command": command, "since": time.time()}
         atomic_write(state_dir / "owner", json.dumps(owner).encode())
-        store = cls(db, state_dir, owned=True, path=path)
-        if not create:
-            store.check_format(upgrade=True)
+        store.owned = True
         return store
 
     @classmethod
@@ -548,6 +655,9 @@ class Store:
                     copy_leveldb(source, copy)
                     db = plyvel.DB(str(copy))
                     break
+                except PermissionError as e:
+                    raise BatchError(f"cannot read the batch database: permission denied on {e.filename}",
+                                     permission_fix(Path(e.filename), source.parent)) from None
                 except (OSError, plyvel.Error):   # a compaction moved files under us: copy again
                     shutil.rmtree(copy, ignore_errors=True)
                     time.sleep(0.05 * (attempt + 1))
@@ -561,6 +671,7 @@ class Store:
             finally:
                 db.close()
 
+    @plyvel_errors_converted
     def close(self) -> None:
         if not self.db.closed:
             self.db.close()
@@ -570,6 +681,7 @@ class Store:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
 
+    @plyvel_errors_converted
     def check_format(self, upgrade: bool = False) -> None:
         """Refuse a batch written by a newer grid.py; with upgrade, mark an older one as now written
         in this format (its records are read either way, and rewritten as jobs change)."""
@@ -585,20 +697,24 @@ class Store:
 
     # -- reading ----------------------------------------------------------------------------------
 
+    @plyvel_errors_converted
     def meta(self) -> dict:
         raw = self.db.get(b"meta")
         return json.loads(raw) if raw else {}
 
+    @plyvel_errors_converted
     def jobs(self) -> dict[int, Job]:
         with gc_paused():
             jobs = map(Job.from_record, self.db.iterator(prefix=b"job/", include_key=False))
             return {job.num: job for job in jobs}
 
+    @plyvel_errors_converted
     def spec(self, num: int) -> JobSpec:
         return JobSpec.from_bytes(self.db.get(spec_key(num)))
 
     # -- writing: everything that belongs together goes in one write batch -----------------------
 
+    @plyvel_errors_converted
     def create_batch(self, meta: dict, jobs: Iterable[Job], specs: Iterable["JobSpec | bytes"]) -> None:
         """Write a new batch (specs as JobSpec or as JobSpec.to_bytes()), then put it in place whole."""
         pairs = zip(jobs, specs)
@@ -618,6 +734,7 @@ class Store:
             self.path = self.state_dir / "db"
             self.db = plyvel.DB(str(self.path))
 
+    @plyvel_errors_converted
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
         with self.db.write_batch(transaction=True, sync=sync) as batch:
@@ -681,19 +798,45 @@ def describe_owner(state_dir: Path) -> str:
     try:
         owner = json.loads((state_dir / "owner").read_text())
         since = time.strftime("%H:%M:%S", time.localtime(owner["since"]))
-        return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
-    except (OSError, ValueError, KeyError):
-        return "another grid command"
+        if process_alive(int(owner["pid"])):         # a killed command leaves its file behind
+            return f"`grid {owner['command']}` (pid {owner['pid']}, since {since})"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return "another grid command"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the new one, never a mix."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()                       # a disk full or a folder in the way leaves nothing behind
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
+    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
+    Whatever cannot be removed stays for the next run's clean-up."""
+    with contextlib.suppress(OSError):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                entry = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.path.islink(entry):
+                        os.unlink(entry)
+                    else:
+                        os.rmdir(entry)
+        os.rmdir(path)
 
 
 # ==================================================================================================
@@ -759,19 +902,28 @@ class SpecSpool:
         self.names, self.offsets = [], []
 
 
-def load_job_files(paths: list[str], batch_tag: str) -> SpecSpool:
-    """Run the job files in order and return what they submitted, or raise JobFileError."""
+def load_job_files(paths: list[str], batch_tag: str, backend: str = DEFAULT_BACKEND) -> SpecSpool:
+    """Run the job files in order and return what they submitted, or raise JobFileError.
+
+    For the local backend the files see DIRAC's Job with the checks that need DIRAC's
+    configuration deferred to the grid (see local_job_class), so a file that loads for the grid
+    loads here too."""
     job_class = import_dirac_job()
+    defined = local_job_class(job_class) if backend == "local" else job_class
     specs = SpecSpool()
     for path in paths:
-        run_job_file(Path(path), job_class, batch_tag, specs)
+        run_job_file(Path(path), job_class, batch_tag, specs, defined)
     if not specs:
         raise JobFileError(f"{', '.join(paths)} submitted no job",
                            "call submit(j) for every Job j you want to run")
     return specs
 
 
-def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool) -> None:
+def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool,
+                 defined: Optional[type] = None) -> None:
+    """Run one job file; `defined` is the Job it sees (a subclass of job_class), by name and by
+    `from DIRAC.Interfaces.API.Job import Job` alike."""
+    defined = defined or job_class
     try:
         source = path.read_bytes()
     except FileNotFoundError:
@@ -797,11 +949,13 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool) 
         job._grid_submitted = True          # marks the object without keeping it alive
         specs.extend(job_specs(job, path, line, batch_tag))
 
-    namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": job_class}
+    namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": defined}
+    if defined is not job_class:
+        namespace["__builtins__"] = job_file_builtins(job_class, defined)
     try:
         exec(code, namespace)
-    except JobFileError:
-        raise
+    except (JobFileError, KeyboardInterrupt):
+        raise                                        # Ctrl-C is no mistake in the job file
     except SystemExit as e:
         if e.code not in (None, 0):
             raise JobFileError(f"{path}: exited with {e.code}; nothing was submitted") from None
@@ -824,8 +978,9 @@ def job_specs(job: Any, path: Path, line: int, batch_tag: str) -> list[JobSpec]:
     spec, or one per parameter set of a parametric job (see expand_parametric)."""
     origin = f"{path}:{line}"
     if job.errorDict:
-        problems = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in job.errorDict.items())
-        raise JobFileError(f"{origin}: DIRAC rejects this job: {problems}")
+        problems = "; ".join(f"{CALLER_OF.get(k, k)}: {', '.join(map(dirac_report_message, v))}"
+                             for k, v in job.errorDict.items())
+        raise JobFileError(f"{origin}: DIRAC rejects this job: {problems}", rejection_fix(job.errorDict))
     workflow = job.workflow
     sandbox = workflow.findParameter("InputSandbox")
     inputs = [resolve_sandbox_entry(entry, path, origin)
@@ -980,6 +1135,71 @@ def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
                        "give a path relative to the batch directory or to the job file")
 
 
+# DIRAC's Job checks some settings against DIRAC's configuration (the CS) as they are made: sites
+# (setDestination, through the site list API.__init__ reads), platforms (setPlatform) and CEs
+# (setDestinationCE). Without a configuration each check fails. On this machine these settings
+# mean nothing, so the local backend's Job records them unchecked and `--dry-run` lists them as
+# ignored; the grid checks them when the job is submitted there.
+CS_CHECKS = ("_checkSiteIsValid", "setPlatform", "setDestinationCE")
+def local_job_class(job_class: type) -> type:
+    """DIRAC's Job for job files run on this machine: checks that need the CS are left to the grid."""
+    from DIRAC import S_OK
+
+    class Job(job_class):
+        __doc__ = job_class.__doc__
+
+        def _checkSiteIsValid(self, site: Any) -> dict:
+            return S_OK()
+
+        def setPlatform(self, platform: Any) -> dict:
+            if not isinstance(platform, str):
+                return super().setPlatform(platform)      # DIRAC's own error
+            if platform.lower() != "any":
+                self._addParameter(self.workflow, "Platform", "JDL", platform, "Platform ( Operating System )")
+            return S_OK()
+
+        def setDestinationCE(self, ceName: str, diracSite: Optional[str] = None) -> dict:
+            if diracSite:
+                self.setDestination(diracSite)
+            self._addJDLParameter("GridCE", ceName)
+            return S_OK()
+
+    Job.__module__ = job_class.__module__
+    return Job
+
+
+def job_file_builtins(job_class: type, defined: type) -> dict:
+    """The builtins of a job file in which DIRAC's Job module, imported by the file, gives `defined`."""
+    import builtins
+    module_name = job_class.__module__
+    view = type(sys)(module_name)
+    view.__dict__.update(sys.modules[module_name].__dict__)
+    view.Job = defined
+
+    def job_file_import(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+                        level: int = 0) -> Any:
+        module = builtins.__import__(name, globals, locals, fromlist, level)
+        return view if name == module_name and fromlist and level == 0 else module
+
+    return {**builtins.__dict__, "__import__": job_file_import}
+
+
+CALLER_OF = {"_checkSiteIsValid": "setDestination"}     # DIRAC files the error under its helper
+
+
+def dirac_report_message(report: Any) -> str:
+    """The "Message:" of one of DIRAC's multi-line API error reports, else the report in one line."""
+    found = re.search(r"^Message: (.*)$", str(report), re.MULTILINE)
+    return found.group(1).strip() if found else " ".join(str(report).split())
+
+
+def rejection_fix(errors: dict) -> str:
+    if any(check in errors for check in CS_CHECKS):
+        return ("DIRAC checks sites, CEs and platforms against its configuration: run `dirac-configure` "
+                "or source your experiment's DIRAC environment (`--backend local` ignores these settings)")
+    return "fix the job file; nothing was submitted"
+
+
 def import_dirac_job() -> type:
     try:
         from DIRAC import gLogger
@@ -1039,6 +1259,11 @@ class Backend:
 
     def fetch_output(self, job_id: int, dest: Path) -> None:
         raise NotImplementedError
+
+    def ready_output(self, job_id: int) -> Optional[Path]:
+        """A complete output folder on this file system, to be renamed into place as it is; None:
+        fetch_output fills a temporary one instead."""
+        return None
 
     def kill(self, ids: list[int]) -> None:
         raise NotImplementedError
@@ -1457,58 +1682,78 @@ def utc_timestamp(value: Any) -> float:
 
 
 class LocalBackend(Backend):
-    """Runs jobs on this machine, at most one per CPU at once, passing through DIRAC's statuses.
+    """This machine as a DIRAC site: a detached site process per batch runs the jobs, at most one per
+    CPU at once (GRID_LOCAL_SLOTS changes that), through DIRAC's statuses.
 
-    Each job lives in .grid/local/<id>/ (its spec, its state, its scratch folder); a detached
-    runner process executes its steps, so jobs go on running, and are found again, when grid.py
-    itself is stopped or killed. There is no server: each status call also starts waiting jobs.
+    Each job lives in .grid/local/<id>/: spec.json (what to run; its input files, captured when it
+    was submitted, are in .grid/local/inputs/ by content, once each), state.json and its history
+    logging.jsonl, work/ (its working directory) and, once collected, output/. The site (LocalSite)
+    runs jobs to the end whether or not a grid.py command runs; this class submits jobs, reads their
+    states, asks the site to kill or rerun them, starts a site when it finds work and none runs,
+    and collects a final job's outputs into a folder that is renamed into place. Every change of a
+    job's state is made under the batch's lock (.grid/local/lock).
     """
 
     name = "local"
     threaded = False
 
-    def __init__(self, batch_dir: Path, slots: Optional[int] = None) -> None:
+    def __init__(self, batch_dir: Path) -> None:
         self.root = batch_dir / STATE_DIR / "local"
-        self.slots = slots or os.cpu_count() or 1
-        self.children: dict[int, subprocess.Popen] = {}
-        self.running: set[int] = set()       # jobs whose runner holds a CPU slot
+        self.next_id = 0
+        self.captured: dict[tuple, str] = {}     # a file's (path, inode, size, mtime): its digest
+        self.site_checked = 0.0
 
     def connect(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / LOCAL_INPUTS).mkdir(parents=True, exist_ok=True)
 
     def _dir(self, job_id: int) -> Path:
         return self.root / str(job_id)
 
     def _state(self, job_id: int) -> dict:
-        try:
-            return json.loads((self._dir(job_id) / "state.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-
-    def _set_state(self, job_id: int, status: str, minor: str = "", app: str = "", **extra: Any) -> None:
-        write_local_state(self._dir(job_id), "Scheduler", status, minor, app, **extra)
+        return read_local_state(self._dir(job_id))
 
     def _new_id(self) -> int:
         """A fresh id, claimed by creating its folder (atomic, so ids are never shared)."""
-        existing = [int(p) for p in os.listdir(self.root) if p.isdigit()]
-        job_id = max(existing, default=0) + 1
+        if not self.next_id:
+            self.next_id = max((int(p) for p in os.listdir(self.root) if p.isdigit()), default=0) + 1
         while True:
+            job_id, self.next_id = self.next_id, self.next_id + 1
             try:
                 self._dir(job_id).mkdir()
                 return job_id
             except FileExistsError:
-                job_id += 1
+                continue
 
     def submit(self, spec: JobSpec, tag: str) -> int:
-        job_id = self._new_id()
-        folder = self._dir(job_id)
-        (folder / "work").mkdir()
-        self._set_state(job_id, RECEIVED, "Job accepted")
-        # The job exists once spec.json does (written last, atomically): find() goes by it.
-        atomic_write(folder / "spec.json", json.dumps(
-            {"tag": tag, "name": spec.name, "steps": spec.steps,
-             "input_sandbox": spec.input_sandbox, "output_sandbox": spec.output_sandbox}).encode())
+        """Capture the input files as they are now (what runs is what was submitted), then the job."""
+        inputs = [self._capture(entry) for entry in spec.input_sandbox if not is_remote_entry(entry)]
+        with local_lock(self.root):
+            job_id = self._new_id()
+            folder = self._dir(job_id)
+            write_local_state(folder, "JobManager", RECEIVED, "Job accepted")
+            # The job exists once spec.json does (written last, atomically): find() goes by it.
+            atomic_write(folder / "spec.json", json.dumps(
+                {"tag": tag, "name": spec.name, "steps": spec.steps, "inputs": inputs,
+                 "remote_inputs": [entry for entry in spec.input_sandbox if is_remote_entry(entry)],
+                 "output_sandbox": spec.output_sandbox, "output_data": output_data(spec.jdl)}).encode())
+        self.ensure_site(now=True)
         return job_id
+
+    def _capture(self, entry: str) -> list:
+        """One input file into .grid/local/inputs/<sha256> (a folder as DIRAC's Job API packs one,
+        <name>.tar.gz): [name in the working directory, digest, mode]. A file many jobs share is
+        read and stored once."""
+        path = Path(entry)
+        try:
+            info = path.stat()
+            if path.is_dir():
+                return [f"{path.name}.tar.gz", store_input(self.root, path, pack=True), 0o644]
+            key = (entry, info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+            if key not in self.captured:
+                self.captured[key] = store_input(self.root, path)
+        except OSError as e:
+            raise CallFailed(f"input sandbox: {entry}: {e.strerror}") from None
+        return [path.name, self.captured[key], stat.S_IMODE(info.st_mode)]
 
     def find(self, tags: list[str], groups: list[str], known: set[int]) -> dict[str, int]:
         wanted, found = set(tags), {}
@@ -1524,127 +1769,96 @@ class LocalBackend(Backend):
         return found
 
     def status(self, ids: list[int]) -> dict[int, JobState]:
-        self._reap()
-        states = {}
+        """The jobs' states as the site wrote them; starts a site if work is left and none runs."""
+        states, active = {}, False
         for job_id in ids:
-            state = self._check_runner(job_id, self._state(job_id))
+            state = self._state(job_id)
             if not state:
                 states[job_id] = JobState(DELETED, "Unknown to the local backend")
                 continue
             states[job_id] = JobState(state["status"], state.get("minor", ""), state.get("app", ""),
-                                      state.get("site", ""), state.get("ended", 0.0))
-            if state["status"] in (MATCHED, RUNNING):
-                self.running.add(job_id)
-            else:
-                self.running.discard(job_id)
-        self._schedule(ids, states)
+                                      state.get("site", ""), state.get("ended", 0.0), state.get("missing"))
+            active = active or not is_final(state["status"])
+        if active:
+            self.ensure_site()
         return states
 
-    def _check_runner(self, job_id: int, state: dict) -> dict:
-        """A Matched or Running job whose runner is gone: run it again, or report it stalled."""
-        if state.get("status") not in (MATCHED, RUNNING) or self._alive(job_id):
-            return state
-        state = self._state(job_id)              # the runner may have just finished
-        if state.get("status") == MATCHED and time.time() - state.get("since", 0) > RUNNER_START_GRACE:
-            self._set_state(job_id, WAITING, "Runner never started; waiting again")
-        elif state.get("status") == RUNNING:
-            self._set_state(job_id, FAILED, "Job stalled", "Runner process ended without a result")
-        return self._state(job_id)
-
-    def _schedule(self, ids: list[int], states: dict[int, JobState]) -> None:
-        """Received jobs become Waiting (their sandbox is staged); Waiting ones run when a CPU is free."""
-        for job_id in sorted(ids):
-            state = states[job_id]
-            if state.status in (RECEIVED, RESCHEDULED):
-                self._stage(job_id)
-            elif state.status == WAITING and len(self.running) < self.slots:
-                self._start(job_id)
-                self.running.add(job_id)
-            else:
-                continue
-            new = self._state(job_id)            # report the move now, not one sweep later
-            states[job_id] = JobState(new["status"], new["minor"], new["app"], new["site"])
-
-    def _stage(self, job_id: int) -> None:
-        spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
-        work = self._dir(job_id) / "work"
-        for entry in spec["input_sandbox"]:
-            if entry.upper().startswith(("LFN:", "SB:")):
-                self._set_state(job_id, FAILED, "Input Sandbox Download",
-                                f"{entry} cannot be fetched without a grid")
-                return
-            source = Path(entry)
-            try:
-                if source.is_dir():
-                    shutil.copytree(source, work / source.name, dirs_exist_ok=True)
-                else:
-                    shutil.copy2(source, work / source.name)
-            except OSError as e:
-                self._set_state(job_id, FAILED, "Input Sandbox Download", f"{entry}: {e.strerror}")
-                return
-        self._set_state(job_id, WAITING, "Pilot Agent Submission")
-
-    def _start(self, job_id: int) -> None:
-        """Matched first, then the runner: it takes the job's lock and marks it Running itself."""
-        folder = self._dir(job_id)
-        self._set_state(job_id, MATCHED, "Assigned", since=time.time())
-        with open(folder / "runner.log", "ab") as log:
-            child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_run-local", str(folder)],
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     start_new_session=True, close_fds=True)
-        self.children[job_id] = child
-
-    def _reap(self) -> None:
-        for job_id, child in list(self.children.items()):
-            if child.poll() is not None:
-                del self.children[job_id]
-
-    def _alive(self, job_id: int) -> bool:
-        """A runner holds its job's lock while it lives; if we can take the lock, there is none."""
-        if job_id in self.children:
-            return True
-        return runner_lock(self._dir(job_id), probe=True) is None
-
-    def fetch_output(self, job_id: int, dest: Path) -> None:
-        spec = json.loads((self._dir(job_id) / "spec.json").read_bytes())
-        work = self._dir(job_id) / "work"
-        wanted = set(spec["output_sandbox"]) | {"std.out", "std.err"} | {step[2] for step in spec["steps"]}
-        for pattern in sorted(wanted):
-            for found in glob.glob(str(work / pattern)):
-                source = Path(found)
-                if not source.resolve().is_relative_to(work.resolve()):
-                    continue
-                # As DIRAC's job wrapper: files arrive without their folders, a folder as <name>.tar.
-                if source.is_file():
-                    shutil.copy2(source, dest / source.name)
-                elif source.is_dir():
-                    with tarfile.open(dest / f"{source.name}.tar", "w") as tar:
-                        tar.add(source, arcname=source.name)
+    def ensure_site(self, now: bool = False) -> None:
+        """Start the batch's site unless one runs (looked at once a second at most, unless `now`)."""
+        if not now and time.monotonic() - self.site_checked < 1.0:
+            return
+        self.site_checked = time.monotonic()
+        if not site_running(self.root):
+            spawn_detached([sys.executable, os.path.abspath(__file__), "_local-site", str(self.root)],
+                           self.root / "site.log")
 
     def kill(self, ids: list[int]) -> None:
-        for job_id in ids:
-            state = self._state(job_id)
-            if not state or is_final(state["status"]):
-                continue
-            with contextlib.suppress(OSError, ValueError):
-                if state["status"] == RUNNING and self._alive(job_id):
-                    os.killpg(int(state["pid"]), signal.SIGTERM)
-            self._set_state(job_id, KILLED, "Marked for termination")
+        """Jobs that do not run yet are Killed at once; running ones get SIGTERM (SIGKILL after
+        LOCAL_KILL_GRACE) and the site records them Killed once their processes are gone, with
+        what they printed. Waits up to LOCAL_KILL_WAIT for that."""
+        stopping = []
+        with local_lock(self.root):
+            for job_id in ids:
+                folder, state = self._dir(job_id), self._state(job_id)
+                if not state or is_final(state["status"]):
+                    continue
+                if state.get("pgid"):
+                    update_local_state(folder, "JobManager", minor=MARKED_FOR_TERMINATION, kill=True)
+                    signal_job(state, signal.SIGTERM)
+                    stopping.append(job_id)
+                else:
+                    write_local_state(folder, "JobManager", KILLED, MARKED_FOR_TERMINATION, ended=time.time())
+            touch_changed(self.root)
+        self._wait_final(stopping)
+
+    def _wait_final(self, ids: list[int]) -> None:
+        self.ensure_site(now=True)               # a site that died meanwhile ends them, as it starts
+        deadline = time.monotonic() + LOCAL_KILL_WAIT
+        while ids and time.monotonic() < deadline:
+            ids = [job_id for job_id in ids if not is_final(self._state(job_id).get("status", DONE))]
+            time.sleep(LOCAL_POLL)
 
     def reschedule(self, ids: list[int]) -> None:
         """As DIRAC does: stop the job wherever it is, forget its results, run it again from Received."""
         for job_id in ids:
-            state = self._state(job_id)
-            if not state:
+            if not self._state(job_id):
                 raise CallFailed(f"reschedule: job {job_id} is unknown to the local backend")
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                if state["status"] == RUNNING and self._alive(job_id):
-                    os.killpg(int(state["pid"]), signal.SIGTERM)
-            self._set_state(job_id, KILLED, "Rescheduling")   # a runner still ending finds it taken
-            work = self._dir(job_id) / "work"
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir()
-            self._set_state(job_id, RESCHEDULED, "Job Rescheduled")
+        self.kill(ids)
+        with local_lock(self.root):
+            for job_id in ids:
+                folder = self._dir(job_id)
+                if self._state(job_id).get("pgid"):
+                    raise CallFailed(f"reschedule: job {job_id} is still stopping; try again in a moment")
+                for name in ("work", "output", OUTPUT_PARTIAL):
+                    remove_tree(folder / name)
+                write_local_state(folder, "JobManager", RESCHEDULED, "Job Rescheduled")
+            touch_changed(self.root)
+        self.ensure_site(now=True)
+
+    def ready_output(self, job_id: int) -> Path:
+        """The job's output folder, built by moving its outputs out of its working directory (so
+        they are stored once), to be renamed into place. Safe to repeat after a crash: what was
+        moved stays moved, the folder is whole once output.partial/ is renamed to output/."""
+        folder = self._dir(job_id)
+        done = folder / "output"
+        if done.is_dir():
+            return done
+        if self._state(job_id).get("collected"):
+            raise CallFailed(f"the output of local job {job_id} was moved into the batch's folders already; "
+                             "it is kept once")
+        spec = json.loads((folder / "spec.json").read_bytes())
+        partial, work = folder / OUTPUT_PARTIAL, folder / "work"
+        partial.mkdir(exist_ok=True)
+        if work.is_dir():
+            sandbox = spec["output_sandbox"] + ["std.out", "std.err"] + [step[2] for step in spec["steps"]]
+            collect_sandbox(work, partial, sandbox)
+            if self._state(job_id).get("status") == DONE:      # as on the grid: no data from failed jobs
+                collect_data(work, partial, spec.get("output_data", []))
+        os.rename(partial, done)
+        with local_lock(self.root):
+            update_local_state(folder, "Downloader", history=False, collected=True)
+        remove_tree(work)                         # the rest is scratch, as on a worker node
+        return done
 
     def logging_info(self, job_id: int) -> list[LoggingRecord]:
         try:
@@ -1667,85 +1881,541 @@ class LocalBackend(Backend):
 
 LOCAL_SITE = "Local"
 LOCAL_LOGGING = "logging.jsonl"                  # a local job's history, one JSON list per line
+LOCAL_INPUTS = "inputs"                          # .grid/local/inputs/<sha256>: input files as submitted
+OUTPUT_PARTIAL = "output.partial"                # a job's output folder while it is being collected
+MARKED_FOR_TERMINATION = "Marked for termination"
+START_DELAY_HOOK = "GRID_LOCAL_START_DELAY"      # tests: seconds between starting a step and recording it
+
+
+def output_data(jdl: str) -> list[str]:
+    classad = jdl_classad(jdl)
+    return classad.getListFromExpression("OutputData") if classad.lookupAttribute("OutputData") else []
+
+
+LOCAL_LOCKS: dict[Path, list] = {}              # this process's batch locks: [open file, depth]
+
+
+@contextlib.contextmanager
+def local_lock(root: Path) -> Iterator[None]:
+    """The batch's lock: every change of a local job's state is made holding it (held briefly).
+    Reentrant within a process (a second flock of the same file would wait for the first)."""
+    held = LOCAL_LOCKS.get(root)
+    if held:
+        held[1] += 1
+    else:
+        handle = open(root / "lock", "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        held = LOCAL_LOCKS[root] = [handle, 1]
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if not held[1]:
+            del LOCAL_LOCKS[root]
+            held[0].close()
+
+
+def read_local_state(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "state.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_local_state(folder: Path, source: str, status: str, minor: str = "", app: str = "",
-                      **extra: Any) -> None:
+                      history: bool = True, **extra: Any) -> None:
     """Set a local job's state and add a line to its history, as DIRAC's JobLoggingDB would.
 
     The state comes first: a crash between the two loses a line of history, never a state. Lines
-    are appended in one write each, so the scheduler and the runner never mix their lines.
+    are appended in one write each, so the site and commands never mix their lines.
     """
     state = {"status": status, "minor": minor, "app": app, "site": LOCAL_SITE, **extra}
     atomic_write(folder / "state.json", json.dumps(state).encode())
+    if not history:
+        return
     line = json.dumps([status, minor, app, round(time.time(), 3), source]) + "\n"
     with open(folder / LOCAL_LOGGING, "a") as log:
         log.write(line)
 
 
-def run_local_job(folder: Path) -> int:
-    """The runner of one local job (its own process): run each step as DIRAC's Script module would."""
-    lock = runner_lock(folder)
-    if lock is None:
-        return 0                                 # another runner has this job
-    state = json.loads((folder / "state.json").read_bytes())
-    if state["status"] != MATCHED:
-        return 0                                 # already run, or put back to Waiting meanwhile
-    write_local_state(folder, "Runner", RUNNING, "Application", pid=os.getpid())
-    spec = json.loads((folder / "spec.json").read_bytes())
+def update_local_state(folder: Path, source: str, history: bool = True, **changes: Any) -> dict:
+    """Change some fields of a job's state (None removes one), keeping the others."""
+    state = read_local_state(folder)
+    state.update(changes)
+    state = {key: value for key, value in state.items() if value is not None}
+    status, minor, app = state.pop("status"), state.pop("minor", ""), state.pop("app", "")
+    state.pop("site", None)
+    write_local_state(folder, source, status, minor, app, history, **state)
+    return read_local_state(folder)
+
+
+def touch_changed(root: Path) -> None:
+    """Tell the site that some job's state changed from outside (kill, reschedule)."""
+    with open(root / "changed", "a"):
+        os.utime(root / "changed")
+
+
+def store_input(root: Path, source: Path, pack: bool = False) -> str:
+    """Copy a file (or pack a folder as tar.gz) into inputs/, named by its sha256; the digest."""
+    import hashlib
+    fd, tmp = tempfile.mkstemp(prefix=".part-", dir=root / LOCAL_INPUTS)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if pack:
+                with tarfile.open(fileobj=out, mode="w:gz") as tar:
+                    tar.add(source, arcname=source.name)
+                out.flush()
+                with open(tmp, "rb") as packed:
+                    while block := packed.read(1 << 20):
+                        digest.update(block)
+            else:
+                with open(source, "rb") as f:
+                    while block := f.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        target = root / LOCAL_INPUTS / digest.hexdigest()
+        if target.exists():
+            os.unlink(tmp)
+        else:
+            os.rename(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return digest.hexdigest()
+
+
+def prepare_work(folder: Path, spec: dict) -> Optional[str]:
+    """The job's working directory as DIRAC's JobWrapper makes it: the input files in, every tar
+    archive among them unpacked in place (the JobWrapper's tarfile.is_tarfile test: .tar, .tar.gz,
+    .tgz, .tar.bz2, .tar.xz, whatever the name; a .zip is left as it is). Returns why not, or None."""
+    for entry in spec.get("remote_inputs", []):
+        return f"{entry} cannot be fetched without a grid"
     work = folder / "work"
-    os.chdir(work)
+    remove_tree(work)
+    work.mkdir()
+    inputs = folder.parent / LOCAL_INPUTS
+    try:
+        for name, digest, mode in spec.get("inputs", []):
+            shutil.copyfile(inputs / digest, work / name)
+            os.chmod(work / name, mode)
+        for name, _, _ in spec.get("inputs", []):
+            if tarfile.is_tarfile(work / name):
+                with tarfile.open(work / name) as tar:
+                    tar.extractall(work, filter="tar")
+    except (OSError, tarfile.TarError) as e:
+        return f"{getattr(e, 'filename', None) or ''}: {getattr(e, 'strerror', None) or e}".lstrip(": ")
+    return None
 
-    failure = ""                                 # the first step that failed, in DIRAC's words
-    app = "Job finished successfully"
-    with open(work / "std.out", "ab") as stdout, open(work / "std.err", "ab") as stderr:
-        for executable, arguments, log_name in spec["steps"]:
-            app, failed = run_local_step(executable, arguments, log_name, work, stdout, stderr)
-            failure = failure or (app if failed else "")
-    if failure:
-        write_local_state(folder, "Runner", FAILED, "Application Finished With Errors", failure, ended=time.time())
+
+def in_work(work: Path, pattern: str) -> list[Path]:
+    """What DIRAC's JobWrapper finds for one declared output: glob.glob in the working directory
+    (`*` matches no leading dot, `**` is `*`), kept inside it."""
+    root = work.resolve()
+    found = [work / name for name in sorted(glob.glob(pattern, root_dir=work))]
+    return [path for path in found if path.resolve().is_relative_to(root) and path.resolve() != root]
+
+
+def collect_sandbox(work: Path, dest: Path, patterns: list[str]) -> None:
+    """Output sandbox files into dest by their base name, as DIRAC's sandbox upload stores them; a
+    folder as <name>.tar, as the JobWrapper packs one."""
+    for pattern in dict.fromkeys(patterns):
+        for path in in_work(work, pattern):
+            target = dest / path.name
+            if path.is_dir() and not path.is_symlink():
+                with tarfile.open(dest / f".{path.name}.tar", "w") as tar:
+                    tar.add(path, arcname=path.name)
+                os.replace(dest / f".{path.name}.tar", dest / f"{path.name}.tar")
+            elif path.is_file():
+                take_file(path, target)
+
+
+def collect_data(work: Path, dest: Path, entries: list[str]) -> None:
+    """Output data files into dest by their base name (their LFN's), folders by the files in them,
+    as the JobWrapper's upload finds them."""
+    for entry in entries:
+        for path in in_work(work, data_name(entry)):
+            files = [path] if path.is_file() else [Path(root, name) for root, _, names in os.walk(path)
+                                                   for name in sorted(names)]
+            for file in files:
+                if not (dest / file.name).exists():
+                    take_file(file, dest / file.name)
+
+
+def data_name(entry: str) -> str:
+    """The file in the working directory of one setOutputData entry: an LFN's base name, or the entry."""
+    return os.path.basename(entry[4:]) if entry.upper().startswith("LFN:") else entry
+
+
+def take_file(source: Path, target: Path) -> None:
+    """Move a file (one copy on disk); a link is replaced by what it points to, as an upload would."""
+    if source.is_symlink():
+        shutil.copyfile(source, target)
     else:
-        write_local_state(folder, "Runner", DONE, "Execution Complete", app, ended=time.time())
-    return 0
+        os.replace(source, target)
 
 
-def run_local_step(executable: str, arguments: str, log_name: str, work: Path, stdout: Any,
-                   stderr: Any) -> tuple[str, bool]:
-    """One step as DIRAC's Script module runs it: its application status ("echo successful", "sh
-    Exited With Status 3") and whether it failed. As in DIRAC's workflow, a failed step does not
-    stop the later ones (the job's application status stays that of the first failure)."""
-    command = local_command(executable, arguments, work)
-    name = os.path.basename(executable).split("_")[0] or executable
+def missing_outputs(work: Path, sandbox: list[str], data: list[str]) -> list[list[str]]:
+    """Declared outputs the job did not produce: [[name, "sandbox" | "data"], ...]. As DIRAC's
+    JobWrapper counts them: a sandbox name without `*` that matches nothing (OutputSandboxMissingFiles),
+    an output data entry that matches nothing ("Missing specified output data file")."""
+    missing = [[name, "sandbox"] for name in sandbox if "*" not in name and not in_work(work, name)]
+    return missing + [[entry, "data"] for entry in data if not in_work(work, data_name(entry))]
+
+
+def site_running(root: Path) -> bool:
+    """Whether a site holds the batch's site lock."""
     try:
-        done = subprocess.run(command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True)
-    except OSError as e:                         # DIRAC's words for a step it cannot start
-        stderr.write(f"{executable}: {e.strerror}\n".encode())
-        return f"{name} Exited With Status {NOT_STARTED_STATUS}", True
-    stdout.write(done.stdout)
-    stderr.write(done.stderr)
-    # The Script module's application log, to the byte: each section ends with a space.
-    shown = (os.path.basename(executable) if (work / os.path.basename(executable)).is_file() else executable).encode()
-    with open(work / log_name, "wb") as log:
-        log.write(b"<<<<<<<<<< %s Standard Output >>>>>>>>>>\n\n%s " % (shown, done.stdout))
-        if done.stderr:
-            log.write(b"<<<<<<<<<< %s Standard Error >>>>>>>>>>\n\n%s " % (shown, done.stderr))
-    if done.returncode:
-        return f"{name} Exited With Status {done.returncode}", True
-    return f"{name} successful", False
+        handle = open(root / "site.lock", "a")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False                             # closing the file releases the lock again
 
 
-def runner_lock(folder: Path, probe: bool = False) -> Optional[Any]:
-    """The job's runner lock (flock): the open file if we got it, None if a runner holds it."""
+def spawn_detached(argv: list[str], log: Path) -> None:
+    """Start a process that is nobody's child and has no terminal: fork, setsid, fork again, exec.
+    It survives the terminal closing and the end (even SIGKILL) of the process that started it."""
+    fork, waitpid = monkey.get_original("os", "fork"), monkey.get_original("os", "waitpid")
+    pid = fork()
+    if pid == 0:                                 # the first child: only system calls until exec
+        code = 0
+        try:
+            os.setsid()
+            if fork() == 0:
+                code = 127
+                out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # LevelDB's files are not close-on-exec
+                os.execv(argv[0], argv)
+        finally:
+            os._exit(code)
+    waitpid(pid, 0)
 
-    handle = open(folder / "runner.lock", "a")
+
+def process_start(pid: int) -> Optional[str]:
+    """A process's start time (/proc/<pid>/stat), so that a reused pid is not taken for it."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
         return None
-    if probe:
-        handle.close()                           # releases the lock: we only wanted to know
-    return handle
+
+
+def signal_job(state: dict, sig: int) -> None:
+    """Signal a job's processes (its own process group), if they are still the ones it started."""
+    pgid = state.get("pgid")
+    if pgid and process_start(pgid) == state.get("pstart"):
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, sig)
+
+
+def job_processes_alive(state: dict) -> bool:
+    pgid = state.get("pgid")
+    if not pgid or process_start(pgid) != state.get("pstart"):
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class SiteJob:
+    """A job the site runs: it holds a CPU slot from Matched until it is final."""
+
+    job_id: int
+    folder: Path
+    spec: dict
+    step: int = 0
+    process: Optional[subprocess.Popen] = None
+    log: Any = None                              # the step's application log, open: its stdout goes there
+    kill_at: float = 0.0                         # when a job asked to stop gets SIGKILL
+    failure: str = ""                            # the application status of the first step that failed
+
+
+class LocalSite:
+    """The local site of one batch: a detached process (`grid _local-site`) that runs the batch's
+    local jobs to the end, whether or not any other grid.py command runs.
+
+    It holds .grid/local/site.lock while it lives (so there is one per batch) and exits when no job
+    is left to run; any command that finds work and no site starts one. At most `slots` jobs run at
+    once; a job holds its slot from Matched until the site has recorded it final, so no slot is
+    ever lost. Each step's stdout goes straight to its application log, its stderr to a file that
+    is appended to the log when the step ends: output is never held in memory. The job's std.out is
+    the site's own log of it, as std.out on the grid is the JobWrapper's.
+    """
+
+    def __init__(self, root: Path, slots: int) -> None:
+        self.root, self.slots = root, slots
+        self.running: dict[int, SiteJob] = {}
+        self.waiting: list[int] = []             # Waiting jobs in id order, as of the last scan
+        self.final: set[int] = set()             # jobs known final: not looked at again unless told
+        self.seen: tuple = ()                    # (folder listing's mtime, the `changed` stamp)
+        self.scanned = 0.0
+        self.start_delay = float(os.environ.get(START_DELAY_HOOK, 0) or 0)
+
+    def run(self) -> int:
+        lock = open(self.root / "site.lock", "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return EXIT_OK                       # another site runs this batch
+        atomic_write(self.root / "site.json", json.dumps(
+            {"pid": os.getpid(), "since": time.time(), "slots": self.slots}).encode())
+        self.end_orphans()
+        idle_since = None
+        while (self.root / "site.lock").exists():   # else the batch was removed: nothing to run
+            ended = self.reap()
+            if ended or self.changed() or time.monotonic() - self.scanned > LOCAL_SCAN_EVERY:
+                self.scan()
+            self.fill_slots()
+            if self.running or self.waiting:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > LOCAL_SITE_IDLE and self.nothing_left(lock):
+                return EXIT_OK
+            time.sleep(LOCAL_POLL)
+        return EXIT_OK
+
+    # -- what there is to do ----------------------------------------------------------------------
+
+    def job_ids(self) -> list[int]:
+        return sorted(int(name) for name in os.listdir(self.root) if name.isdigit())
+
+    def changed(self) -> bool:
+        """New jobs (the folder listing changed) or states changed from outside (`changed`)."""
+        def mtime(path: Path) -> int:
+            try:
+                return path.stat().st_mtime_ns
+            except OSError:
+                return 0
+        seen = (mtime(self.root), mtime(self.root / "changed"))
+        if seen == self.seen:
+            return False
+        if self.seen and seen[1] != self.seen[1]:
+            self.final.clear()                   # a reschedule may have made a final job new again
+            for job in self.running.values():
+                if read_local_state(job.folder).get("kill") and not job.kill_at:
+                    job.kill_at = time.monotonic() + LOCAL_KILL_GRACE
+        self.seen = seen
+        return True
+
+    def scan(self) -> bool:
+        """Look at every job not known final: Received ones become Waiting. True if any is not final."""
+        self.scanned, waiting, active = time.monotonic(), [], False
+        for job_id in self.job_ids():
+            if job_id in self.final:
+                continue
+            folder = self.root / str(job_id)
+            status = read_local_state(folder).get("status")
+            if not status or not (folder / "spec.json").exists():
+                continue                         # being submitted
+            if is_final(status):
+                self.final.add(job_id)
+                continue
+            active = True
+            if status in (RECEIVED, RESCHEDULED):
+                with local_lock(self.root):
+                    if read_local_state(folder).get("status") in (RECEIVED, RESCHEDULED):
+                        write_local_state(folder, "Site", WAITING, "Pilot Agent Submission")
+            if job_id not in self.running:
+                waiting.append(job_id)
+        self.waiting = waiting
+        return active
+
+    def nothing_left(self, lock: Any) -> bool:
+        """Exit, if a last look (holding the batch's lock) finds nothing: the site lock is let go
+        before the batch's lock, so a job submitted after this look finds no site and starts one."""
+        with local_lock(self.root):
+            self.final.clear()
+            if self.scan():
+                return False
+            lock.close()
+            return True
+
+    def end_orphans(self) -> None:
+        """Jobs a site that died left Matched or Running: their processes are stopped; a Matched
+        job waits again, a Running one failed as stalled (as DIRAC says of a job whose pilot died),
+        one being killed is Killed."""
+        for job_id in self.job_ids():
+            folder = self.root / str(job_id)
+            state = read_local_state(folder)
+            if state.get("status") not in (MATCHED, RUNNING):
+                continue
+            signal_job(state, signal.SIGKILL)
+            with local_lock(self.root):
+                if state.get("kill"):
+                    update_local_state(folder, "Site", status=KILLED, pgid=None, ended=time.time())
+                elif state["status"] == MATCHED:
+                    update_local_state(folder, "Site", status=WAITING, minor="Pilot Agent Submission", pgid=None)
+                else:
+                    update_local_state(folder, "Site", status=FAILED, minor="Job stalled: local site not running",
+                                       app="The local site stopped while the job ran", pgid=None,
+                                       ended=time.time())
+
+    # -- running jobs -----------------------------------------------------------------------------
+
+    def fill_slots(self) -> None:
+        while self.waiting and len(self.running) < self.slots:
+            job_id = self.waiting.pop(0)
+            try:
+                self.start(job_id)
+            except OSError as e:                 # the job's folder is broken: the job fails, the site goes on
+                self.fail(job_id, "Failed Downloading InputSandbox", str(e))
+
+    def start(self, job_id: int) -> None:
+        folder = self.root / str(job_id)
+        with local_lock(self.root):
+            if read_local_state(folder).get("status") != WAITING:
+                return
+            write_local_state(folder, "Site", MATCHED, "Assigned")
+        job = self.running[job_id] = SiteJob(job_id, folder, json.loads((folder / "spec.json").read_bytes()))
+        problem = prepare_work(folder, job.spec)
+        if problem:
+            self.wrapper_log(job, "ERROR", f"Cannot download the input sandbox: {problem}")
+            return self.finish(job, FAILED, "Failed Downloading InputSandbox", problem)
+        self.start_step(job)
+
+    def start_step(self, job: SiteJob) -> None:
+        executable, arguments, log_name = job.spec["steps"][job.step]
+        work = job.folder / "work"
+        command = local_command(executable, arguments, work)
+        self.wrapper_log(job, "INFO", f"Command is: {shlex.join(command)}")
+        job.log = open(work / log_name, "wb")
+        job.log.write(f"<<<<<<<<<< {step_header(executable, job)} Standard Output >>>>>>>>>>\n\n".encode())
+        job.log.flush()
+        try:
+            with open(job.folder / "step.err", "wb") as errors:
+                job.process = subprocess.Popen(command, cwd=work, stdin=subprocess.DEVNULL, stdout=job.log,
+                                               stderr=errors, start_new_session=True)
+        except OSError as e:                     # DIRAC's words for a step it cannot start
+            job.log.close()
+            os.unlink(work / log_name)           # the Script module writes no log then
+            os.unlink(job.folder / "step.err")
+            self.wrapper_log(job, "ERROR", f"System call execution failed: {executable}: {e.strerror}")
+            job.failure = job.failure or f"{step_name(executable)} Exited With Status {NOT_STARTED_STATUS}"
+            return self.next_step(job)
+        if self.start_delay:
+            time.sleep(self.start_delay)         # tests: the step may end before it is recorded
+        with local_lock(self.root):
+            state = read_local_state(job.folder)
+            pid = job.process.pid
+            if is_final(state.get("status", KILLED)) or state.get("kill"):
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)      # killed meanwhile
+            else:
+                update_local_state(job.folder, "Site", status=RUNNING, minor="Application",
+                                   pgid=pid, pstart=process_start(pid))
+
+    def reap(self) -> bool:
+        """Steps that ended: the next one starts, or the job ends. True if any ended."""
+        ended = False
+        for job in list(self.running.values()):
+            if job.process is None:
+                continue
+            code = job.process.poll()
+            if code is None:
+                if job.kill_at and time.monotonic() > job.kill_at:
+                    with contextlib.suppress(OSError):
+                        os.killpg(job.process.pid, signal.SIGKILL)
+                continue
+            ended = True
+            try:
+                self.step_ended(job, code)
+            except OSError as e:
+                self.finish(job, FAILED, "Application Finished With Errors", str(e))
+        return ended
+
+    def step_ended(self, job: SiteJob, code: int) -> None:
+        """Close the step's application log as DIRAC's Script module writes it, then go on."""
+        executable = job.spec["steps"][job.step][0]
+        job.process = None
+        errors = job.folder / "step.err"
+        job.log.write(b" ")
+        if errors.stat().st_size:
+            job.log.write(f"<<<<<<<<<< {step_header(executable, job)} Standard Error >>>>>>>>>>\n\n".encode())
+            with open(errors, "rb") as f:
+                shutil.copyfileobj(f, job.log)
+            job.log.write(b" ")
+        job.log.close()
+        os.unlink(errors)
+        state = read_local_state(job.folder)
+        if state.get("kill") or is_final(state.get("status", KILLED)):
+            self.wrapper_log(job, "INFO", f"{executable} was killed (status {code})")
+            return self.finish(job, KILLED, MARKED_FOR_TERMINATION, state.get("app", ""))
+        if code != 0:
+            self.wrapper_log(job, "ERROR", f"Non-zero status while executing: {executable} exited with status {code}")
+            job.failure = job.failure or f"{step_name(executable)} Exited With Status {code}"
+        else:
+            self.wrapper_log(job, "INFO", f"{executable} execution completed with status 0")
+        self.next_step(job)
+
+    def next_step(self, job: SiteJob) -> None:
+        """As DIRAC's workflow does: every step runs, a failed one or not; the first failure is the
+        job's application status, else the last step's "<name> successful"."""
+        job.step += 1
+        if job.step < len(job.spec["steps"]):
+            return self.start_step(job)
+        if job.failure:
+            return self.finish(job, FAILED, "Application Finished With Errors", job.failure)
+        self.finish(job, DONE, "Execution Complete", f"{step_name(job.spec['steps'][-1][0])} successful")
+
+    def finish(self, job: SiteJob, status: str, minor: str, app: str) -> None:
+        """Record the job final (with the declared outputs it did not produce) and free its slot."""
+        missing = []
+        if minor in ("Execution Complete", "Application Finished With Errors"):    # the job ran
+            work = job.folder / "work"
+            data = job.spec.get("output_data", []) if status == DONE else []
+            missing = missing_outputs(work, job.spec["output_sandbox"], data)
+            for name, kind in missing:
+                self.wrapper_log(job, "WARN", f"Declared output {'data' if kind == 'data' else 'sandbox'} "
+                                 f"file not produced: {name}")
+        with local_lock(self.root):
+            state = read_local_state(job.folder)
+            if is_final(state.get("status", KILLED)):
+                status, minor, app = state["status"], state.get("minor", ""), state.get("app", "")
+            write_local_state(job.folder, "Site", status, minor, app, ended=state.get("ended") or time.time(),
+                              **({"missing": missing} if missing else {}))
+        del self.running[job.job_id]
+        self.final.add(job.job_id)
+
+    def fail(self, job_id: int, minor: str, app: str) -> None:
+        self.running.pop(job_id, None)
+        with local_lock(self.root):
+            write_local_state(self.root / str(job_id), "Site", FAILED, minor, app, ended=time.time())
+        self.final.add(job_id)
+
+    def wrapper_log(self, job: SiteJob, level: str, text: str) -> None:
+        """A line of the job's std.out, in the form of DIRAC's log lines."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        work = job.folder / "work"
+        if work.is_dir():
+            with open(work / "std.out", "a") as out:
+                out.write(f"{stamp} UTC Local/Script {level}: {text}\n")
+            (work / "std.err").touch()
+
+
+def step_name(executable: str) -> str:
+    """How DIRAC names a step in its application status: "sh" in "sh Exited With Status 3"."""
+    return os.path.basename(executable).split("_")[0] or executable
+
+
+def step_header(executable: str, job: SiteJob) -> str:
+    """The executable as the Script module's log headers name it: its base name if it is a file
+    of the working directory."""
+    work = job.folder / "work"
+    return os.path.basename(executable) if (work / os.path.basename(executable)).exists() else executable
 
 
 def local_command(executable: str, arguments: str, work: Path) -> list[str]:
@@ -1758,6 +2428,13 @@ def local_command(executable: str, arguments: str, work: Path) -> list[str]:
     elif command[0].endswith(".py"):
         command.insert(0, sys.executable)
     return command + shlex.split(arguments)
+
+
+def run_local_site(root: Path) -> int:
+    """The body of `grid _local-site`: this batch's site, until no job is left."""
+    os.chdir(root)
+    slots = int(os.environ.get("GRID_LOCAL_SLOTS") or 0) or len(os.sched_getaffinity(0)) or 1
+    return LocalSite(root, slots).run()
 
 
 def make_backend(name: str, batch_dir: Path) -> Backend:
@@ -1791,17 +2468,34 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
         # links, devices and fifos are not extracted: they could point outside the folder
 
 
+def read_umask() -> int:
+    """The process's umask: it can only be read by setting it, so this runs once, at import, before
+    any thread could create a file meanwhile."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+UMASK = read_umask()
+
+
 def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
     """Fetch a final job's output into its folder, atomically; returns the folder (relative)."""
     relative = job.output_folder()
     final = batch_dir / relative
     if final.exists():                       # renamed into place before a crash: complete
         return relative
+    ready = backend.ready_output(job.dirac_id)
+    if ready is not None:                    # built beside us (the local backend): moved, not copied
+        final.parent.mkdir(exist_ok=True)
+        os.rename(ready, final)
+        return relative
     tmp_root = batch_dir / STATE_DIR / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", dir=tmp_root))
     try:
         backend.fetch_output(job.dirac_id, tmp)
+        tmp.chmod(0o777 & ~UMASK)            # mkdtemp's 0700 is for .grid/tmp; the folder is the user's
         final.parent.mkdir(exist_ok=True)
         os.rename(tmp, final)
     finally:
@@ -1811,25 +2505,6 @@ def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
 
 def clean_partial_downloads(batch_dir: Path) -> None:
     remove_tree(batch_dir / STATE_DIR / "tmp")
-
-
-def remove_tree(path: Path) -> None:
-    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
-    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
-    Whatever cannot be removed stays for the next run's clean-up."""
-    with contextlib.suppress(OSError):
-        for root, dirs, files in os.walk(path, topdown=False):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(root, name))
-            for name in dirs:
-                entry = os.path.join(root, name)
-                with contextlib.suppress(OSError):
-                    if os.path.islink(entry):
-                        os.unlink(entry)
-                    else:
-                        os.rmdir(entry)
-        os.rmdir(path)
 
 
 # ==================================================================================================
@@ -1967,6 +2642,9 @@ class Batch:
             job.history.append([state.status, round(time.time(), 3)])
             if is_final(job.status):
                 job.ended = state.ended or time.time()
+                job.missing = state.missing or []
+                if job.missing:
+                    self.display.message(f"#{job.num} {job.name}: {not_produced(job.missing)}")
                 self.cleaning_due |= time.time() - job.ended > CLEANING_WARN_AFTER
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
@@ -2117,9 +2795,9 @@ class Batch:
         ended = next((t for status, t in reversed(job.history) if status == job.status), None)
         job.past.append({"id": job.dirac_id, "status": job.status, "minor": job.minor, "app": job.app,
                          "site": job.site, "reason": failure_reason(job) if job.failed else "",
-                         "ended": ended, "output": kept})
+                         "ended": ended, "output": kept, "missing": job.missing})
         self.jobs_downloaded -= bool(job.output)
-        job.output, job.error, job.download_tries = "", "", 0
+        job.output, job.error, job.download_tries, job.missing = "", "", 0, []
 
     def resubmit(self, job: Job) -> None:
         """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
@@ -2444,7 +3122,8 @@ class Engine:
                 workers[0].join()
         finally:
             for handler in handlers:
-                handler.cancel()
+                handler.cancel()              # libev leaves SIG_DFL behind: Ctrl-C would kill silently
+            signal.signal(signal.SIGINT, signal.default_int_handler)
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
             self.display.close(self)
@@ -2756,14 +3435,30 @@ class Display(Listener):
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
         self.last_summary: Optional[str] = None
+        self.closed = False                       # the reader of out went away
+        self.stop_engine: Optional[Callable[[], None]] = None
         encoding = (getattr(self.out, "encoding", None) or "").lower()
         self.arrow = "→" if encoding.startswith("utf") else "->"
 
     def write(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.output_closed()
+
+    def output_closed(self) -> None:
+        """The reader went away (`grid watch | head`): nobody follows the run, so it stops as on
+        Ctrl-C (state is kept), silently."""
+        silence(self.out)
+        self.closed = True
+        if self.stop_engine:
+            self.stop_engine()
 
     def start(self, engine: Engine) -> None:
+        self.stop_engine = engine.stop
+        if self.closed:
+            engine.stop()
         self.summary(engine.batch.counts())
 
     def close(self, engine: Engine) -> None:
@@ -2777,14 +3472,14 @@ class Display(Listener):
 
     def transition(self, job: Job, old: str) -> None:
         minor = f" ({job.minor})" if job.minor else ""
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {job.name}: "
-                   f"{old} {self.arrow} {job.status}{minor}")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {one_line(job.name)}: "
+                   f"{old} {self.arrow} {job.status}{one_line(minor)}")
 
     def downloaded(self, job: Job) -> None:
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {job.name}: output in {job.output}/")
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {one_line(job.name)}: output in {job.output}/")
 
     def message(self, text: str) -> None:
-        self.write(f"{clock(None)} {text}")
+        self.write(f"{clock(None)} {one_line(text)}")
 
     def result(self, text: str, record: dict) -> None:
         """The closing line(s) of a command; record is what --json prints instead."""
@@ -2891,11 +3586,33 @@ def visible_length(text: str) -> int:
     return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
 
 
+def silence(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null: Python's flush at exit would meet the
+    closed pipe again and print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+def json_lines_out() -> Any:
+    """--json: stdout for the JSON lines alone. What else would go to stdout from now on (the job
+    files' prints, DIRAC's log lines, child processes) goes to stderr: fd 1 becomes a copy of fd 2,
+    and the JSON lines get a descriptor of their own on the original stdout."""
+    try:
+        sys.stdout.flush()
+        json_fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):            # no real stdout (embedded, captured): nothing to split
+        return sys.stdout
+    return os.fdopen(json_fd, "w", encoding="utf-8")
+
+
 def make_display(json_lines: bool = False, out: Any = None) -> Display:
     """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
-    out = out or sys.stdout
     if json_lines:
-        return JsonDisplay(out)
+        return JsonDisplay(out or json_lines_out())
+    out = out or sys.stdout
     if out.isatty() and os.environ.get("TERM", "") != "dumb":
         return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
     return Display(out)
@@ -2917,9 +3634,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not args.dry_run and holds_batch(batch_dir):
         raise BatchError(f"{batch_dir} already holds a batch",
                          "resume it with `grid watch`, or submit from a new directory")
+    display = make_display(args.json)       # first: with --json, the job files' prints go to stderr
     tag = new_batch_tag(batch_dir)
     with contextlib.chdir(batch_dir):
-        specs = load_job_files(args.jobfiles, tag)
+        specs = load_job_files(args.jobfiles, tag, args.backend)
     if args.dry_run:
         print_dry_run(specs, args.backend)
         return EXIT_OK
@@ -2937,7 +3655,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
-        display = make_display(args.json)
         display.message(f"{len(specs)} job(s) from {', '.join(args.jobfiles)} in batch {tag} "
                         f"on the {args.backend} backend")
         specs.close()
@@ -2967,24 +3684,49 @@ def ensure_writable(batch_dir: Path) -> None:
 
 
 def print_dry_run(specs: SpecSpool, backend: str) -> None:
+    """What would be submitted; for the local backend also the settings it ignores (the grid's alone)."""
     print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
     in_sequence = {num: (num - first + 1, last - first + 1) for first, last in specs.sequences
                    for num in range(first, last + 1)}
+    defaults = plain_job_attributes() if backend == "local" else {}
     for num, spec in enumerate(specs, 1):
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
         where = spec.origin + (", parameter set {} of {}".format(*in_sequence[num]) if num in in_sequence else "")
-        print(f"#{num} {spec.name}  [{where}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        print(f"#{num} {one_line(spec.name)}  [{where}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        ignored = ignored_locally(spec, defaults) if backend == "local" else []
+        if ignored:
+            print(f"    ignored on this machine: {'; '.join(ignored)}")
+
+
+# JDL attributes the local backend honours, or that say nothing about where a job runs.
+LOCAL_ATTRIBUTES = frozenset({"Arguments", "Executable", "JobName", "JobGroup", "LogLevel", "InputSandbox",
+                              "OutputSandbox", "OutputData", "StdOutput", "StdError", JOB_TAG_ATTRIBUTE})
+
+
+def ignored_locally(spec: JobSpec, defaults: dict[str, str]) -> list[str]:
+    """The settings of a job that only the grid uses ("Site = LCG.CERN.cern"), as its JDL has them."""
+    return [f"{name} = {value}" for name, value in sorted(jdl_attributes(spec.jdl).items())
+            if name not in LOCAL_ATTRIBUTES and not name.startswith("Parameter")
+            and defaults.get(name) != value]
+
+
+def plain_job_attributes() -> dict[str, str]:
+    """The JDL of a Job nothing was set on: its values (JobType User, Priority 1) are no setting."""
+    job = import_dirac_job()()
+    job.setExecutable("true")
+    return jdl_attributes(job._toJDL(jobDescriptionObject=io.StringIO(job._toXML())))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     store = Store.open(batch_dir, "watch")
     try:
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        return run_engine(store, backend, make_display(args.json), batch_dir, args, watch=True)
+        return run_engine(store, backend, display, batch_dir, args, watch=True)
     finally:
         store.close()
 
@@ -3025,7 +3767,7 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if failed:
         text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        text += f"\n  #{job.num} {job.name}: no output ({job.error or 'not downloaded'})"
+        text += f"\n  #{job.num} {one_line(job.name)}: no output ({job.error or 'not downloaded'})"
     record["no_output"] = [j.num for j in missing]
     display.result(text, record)
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
@@ -3068,12 +3810,18 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             job = not_final[0]
             raise UsageError(f"job #{job.num} is {job.status}, not final: it cannot be resubmitted yet",
                              f"wait for it, or `grid kill {job.num}` first")
+        done = [j for j in chosen if not j.failed]
+        if done and not args.force:
+            named = " ".join(f"#{j.num}" for j in done[:10]) + (" ..." if len(done) > 10 else "")
+            raise UsageError(f"{len(done)} job(s) named succeeded ({named}): resubmit is for failed jobs",
+                             "add --force to run them again anyway (their outputs move to "
+                             f"{RETRIED_DIR}/)")
         if not chosen:
             print("no failed job to resubmit")
             return EXIT_OK
+        display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        display = make_display(args.json)
 
         def resubmit_chosen(engine: Engine) -> None:
             for job in chosen:
@@ -3120,7 +3868,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
                   "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
             return EXIT_OK
-        batch = Batch(store, batch_dir, Display())
+        batch = Batch(store, batch_dir, Display(io.StringIO()))     # one summary, not a line per job
         for job in unsent:
             batch.transition(batch.jobs[job.num], JobState(KILLED, "Killed before submission"))
         if on_server:
@@ -3146,7 +3894,8 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
         confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
         backend = make_backend(store.meta()["backend"], batch_dir)
         backend.connect()
-        batch, calls = Batch(store, batch_dir, Display()), BackendCalls(backend, Display(sys.stderr))
+        batch = Batch(store, batch_dir, Display(io.StringIO()))     # one summary, not a line per job
+        calls = BackendCalls(backend, Display(sys.stderr))
         ids = [j.dirac_id for j in chosen]
         fix = "check the jobs with `grid status`; DIRAC limits how often a job is rescheduled, " \
               "`grid resubmit` has no limit"
@@ -3169,6 +3918,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     with Store.snapshot(batch_dir) as store:
         meta, jobs = store.meta(), store.jobs()
+    jobs = with_site_states(meta, jobs, batch_dir)
     ordered = [jobs[n] for n in sorted(jobs)]
     counts = column_counts(j.status for j in ordered)
     at_risk, left = outputs_at_risk(ordered, meta.get("backend", ""), time.time())
@@ -3183,10 +3933,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = [summary_line(counts)]
     for job in ordered:
-        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), job.name, job.status,
-                              job.minor or "-", job.site or "-", job.output or "-"]))
+        out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), one_line(job.name), job.status,
+                              one_line(job.minor) or "-", one_line(job.site) or "-", job.output or "-"]))
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
+
+
+def with_site_states(meta: dict, jobs: dict[int, Job], batch_dir: Path) -> dict[int, Job]:
+    """A local batch's jobs as its site has them now, even when no `watch` runs to record them:
+    each job not final in the store gets the state the site wrote (the store catches up at the
+    next `watch`). Like any command that finds work, this starts the site if none runs."""
+    active = {job.dirac_id: job for job in jobs.values() if job.submitted and not is_final(job.status)}
+    if meta.get("backend") != "local" or not active or not (batch_dir / STATE_DIR / "local").is_dir():
+        return jobs
+    for job_id, state in LocalBackend(batch_dir).status(list(active)).items():
+        job = active[job_id]
+        job.status, job.minor, job.app, job.site = state.status, state.minor, state.app, state.site or job.site
+        job.missing = state.missing or []
+    return jobs
 
 
 def status_record(job: Job) -> dict:
@@ -3194,7 +3958,7 @@ def status_record(job: Job) -> dict:
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
             "ended": job.ended_at if is_final(job.status) else None, "history": job.history,
-            "past": job.past}
+            "past": job.past, "missing": [{"name": name, "kind": kind} for name, kind in job.missing]}
 
 
 # -- day to day: failures, why, logs, export, list ------------------------------------------------
@@ -3248,7 +4012,7 @@ def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[i
     with Store.snapshot(batch_dir) as store:
         meta, jobs = store.meta(), store.jobs()
         spec = store.spec(pick_job(jobs, num, batch_dir).num) if num is not None else None
-    return meta, jobs, spec
+    return meta, with_site_states(meta, jobs, batch_dir), spec
 
 
 # failures
@@ -3297,9 +4061,11 @@ def failure_lines(args: argparse.Namespace, total: int, groups: list[tuple[str, 
         sites = ", ".join(f"{site} ({n})" for site, n in site_counts(members).items())
         examples = " ".join(f"#{job.num}" for job in members[:EXAMPLE_JOBS])
         more = f" and {len(members) - EXAMPLE_JOBS} more" if len(members) > EXAMPLE_JOBS else ""
-        lines += ["", f"{len(members):5d}  {reason}", f"       sites: {sites}",
+        code = exit_code(members[0])
+        killed = [f"       exit:  {exit_meaning(code)}"] if code is not None and code < 0 else []
+        lines += ["", f"{len(members):5d}  {one_line(reason)}", *killed, f"       sites: {one_line(sites)}",
                   f"       jobs:  {examples}{more}",
-                  f"       resubmit: {command_hint(args, 'resubmit', '--reason', reason)}"]
+                  f"       resubmit: {one_line(command_hint(args, 'resubmit', '--reason', reason))}"]
     return lines
 
 
@@ -3330,10 +4096,8 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields = [("status", f"{job.status} since {when(since)}"), ("minor", job.minor or "-"),
               ("application", job.app or "-")]
     code = exit_code(job)
-    if code == NOT_STARTED_STATUS:
-        fields.append(("exit code", f"none: the step could not be started (DIRAC reports {code})"))
-    elif code is not None:
-        fields.append(("exit code", str(code)))
+    if code is not None:
+        fields.append(("exit code", exit_meaning(code)))
     if is_failed(job.status):
         fields.append(("reason", failure_reason(job)))
     id_label = "DIRAC id" if meta.get("backend") == "dirac" else f"{meta.get('backend', '?')} id"
@@ -3342,13 +4106,15 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
                ("output", f"{job.output}/" if job.output else "-")]
     if job.error:
         fields.append(("problem", job.error))
+    if job.missing:
+        fields.append(("outputs", not_produced(job.missing)))
     for number, attempt in enumerate(job.past, 1):
         kept = f", output in {attempt['output']}/" if attempt.get("output") else ""
         fields.append((f"attempt {number}", f"{id_label} {attempt['id'] or '-'}: {attempt['status']} "
                        f"at {when(attempt['ended'] or 0)}: {attempt['reason'] or attempt['minor']}{kept}"))
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
-    return [f"#{job.num} {job.name}"] + [f"  {label + ':':<13}{value}" for label, value in fields]
+    return [f"#{job.num} {one_line(job.name)}"] + [f"  {label + ':':<13}{one_line(value)}" for label, value in fields]
 
 
 def history_lines(job: Job) -> list[str]:
@@ -3509,7 +4275,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
         before = job.status
         batch.apply(calls.once(backend.status, [job.dirac_id], failure=failure, fix=fix))
         if job.status != before:
-            print(f"#{job.num} {job.name}: {job.status} on the server (was {before} here)", file=sys.stderr)
+            print(f"#{job.num} {one_line(job.name)}: {job.status} on the server (was {before} here)", file=sys.stderr)
     if not is_final(job.status):
         raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                         "try again later; `grid watch` follows it and downloads the output")
@@ -3518,7 +4284,7 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
                                 errors=(CallFailed, tarfile.TarError))
         job.error = ""
         store.save(job, sync=True)
-        print(f"#{job.num} {job.name}: output downloaded into {job.output}/", file=sys.stderr)
+        print(f"#{job.num} {one_line(job.name)}: output downloaded into {job.output}/", file=sys.stderr)
     return job
 
 
@@ -3536,9 +4302,27 @@ def cmd_export(args: argparse.Namespace) -> int:
         if target == "-":
             sys.stdout.write(text)
         elif target:
-            atomic_write(Path(target), text.encode())
+            write_export(Path(target), text)
             print(f"{len(ordered)} job(s) written to {target}", file=sys.stderr)
     return EXIT_OK
+
+
+def write_export(path: Path, text: str) -> None:
+    """Write the user's file whole or not at all; a failure names their file, not the temporary one.
+    A device or a named pipe (/dev/stdout, a FIFO) is written to, never replaced by a file."""
+    if path.is_dir():
+        raise GridError(f"cannot write {path}: it is a folder", f"give a file name, e.g. {path / 'jobs.csv'}")
+    try:
+        if path.exists() and not path.is_file():
+            with open(path, "w") as f:
+                f.write(text)
+        else:
+            atomic_write(path.resolve() if path.is_symlink() else path, text.encode())
+    except OSError as e:
+        why = "no such folder" if isinstance(e, FileNotFoundError) else e.strerror or str(e)
+        raise GridError(f"cannot write {path}: {why}",
+                        "give a file in a folder that exists and that you can write to, "
+                        "or '-' for the terminal") from None
 
 
 def jobs_csv(jobs: list[Job]) -> str:
@@ -3610,7 +4394,7 @@ def batch_record(path: Path, root: Path) -> dict:
     try:
         with Store.snapshot(path) as store:
             meta, jobs = store.meta(), store.jobs()
-    except (GridError, OSError, plyvel.Error, ValueError) as e:
+    except (GridError, OSError, ValueError) as e:
         record["error"] = getattr(e, "message", None) or str(e)
         return record
     counts = column_counts(job.status for job in jobs.values())
@@ -3621,10 +4405,10 @@ def batch_record(path: Path, root: Path) -> dict:
 
 def batch_line(record: dict) -> str:
     if record["error"]:
-        return f"{record['path']}\tunreadable: {record['error']}"
+        return f"{one_line(record['path'])}\tunreadable: {one_line(record['error'])}"
     counts = [record["summary"][name] for name in COLUMN_NAMES]
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(record["created"])) if record["created"] else "-"
-    line = f"{record['path']}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
+    line = f"{one_line(record['path'])}\t{summary_line(counts)}\t{record['backend']}\t{created}\t{record['tag']}"
     owner = record["in_use_by"]
     return line + (f"\tin use by `grid {owner['command']}` (pid {owner['pid']})" if owner else "")
 
@@ -3641,8 +4425,8 @@ def live_owner(state_dir: Path) -> Optional[dict]:
     return owner
 
 
-def cmd_run_local(args: argparse.Namespace) -> int:
-    return run_local_job(Path(args.folder))
+def cmd_local_site(args: argparse.Namespace) -> int:
+    return run_local_site(Path(args.folder))
 
 
 # ==================================================================================================
@@ -3652,7 +4436,10 @@ def cmd_run_local(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grid", description="Submit, watch and download DIRAC grid jobs concurrently. "
-        "A directory is a batch: run the commands from it (or name it with -C).")
+        "A directory is a batch: run the commands from it (or name it with -C).",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 job file, 4 batch, 5 backend, 6 not every job "
+        "Done, 130 interrupted (Ctrl-C at any moment, with one line saying what was kept; or a closed "
+        "output pipe of submit/watch). Output cut by a closed pipe otherwise ends quietly.")
     parser.add_argument("--version", action="version", version=f"grid.py {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-C", dest="batch", default=".", metavar="DIR",
@@ -3669,9 +4456,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="where the jobs run: the DIRAC WMS, or this machine (default: %(default)s)")
+                        help="where the jobs run: the DIRAC WMS, or this machine as a site (a detached "
+                        "process that runs the jobs to the end with or without grid.py, one per CPU or "
+                        "GRID_LOCAL_SLOTS; settings only the grid uses are ignored) (default: %(default)s)")
     submit.add_argument("--dry-run", action="store_true",
-                        help="run the job files and show what would be submitted; submit nothing")
+                        help="run the job files and show what would be submitted (with --backend local: "
+                        "also the settings ignored on this machine); submit nothing")
     submit.add_argument("--no-watch", action="store_true", help="return once every job is submitted")
     submit.add_argument("--bulk", action="store_true",
                         help="submit jobs of one job file that differ only in their arguments or in "
@@ -3687,7 +4477,8 @@ def build_parser() -> argparse.ArgumentParser:
         "into succeeded/ and failed/; submit jobs a stopped `submit` left. On a terminal a live footer "
         "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
         "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
-        "every job is Done, 6 if not. Ctrl-C stops; state is kept. A server outage is one line and is "
+        "every job is Done, 6 if not. Ctrl-C stops (exit 130), and so does a closed output pipe; state is "
+        "kept. A server outage is one line and is "
         "waited out; an expired grid proxy pauses everything until a fresh one appears; outputs still "
         "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
     add_engine_options(watch)
@@ -3696,8 +4487,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="summary and one line per job",
         description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder. Works while `watch` runs; does not contact the server. Warns on "
-        "stderr about outputs not downloaded 5 days after their job ended.")
+        "status, site, output folder (control characters in names escaped: \\n, \\t). Works while `watch` "
+        "runs; does not contact the server (a local batch shows what its site did, even with no `watch` "
+        "running). Warns on stderr about outputs not downloaded 5 days after their job ended.")
     status.add_argument("--json", action="store_true", help="one JSON document instead of text")
     status.set_defaults(func=cmd_status)
 
@@ -3705,11 +4497,14 @@ def build_parser() -> argparse.ArgumentParser:
         "resubmit", help="submit failed jobs again, as new DIRAC jobs",
         description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
         "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
-        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/.")
+        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/. A Done job "
+        "is refused unless --force is given.")
     resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     resubmit.add_argument("--all", action="store_true", help="every failed job")
     resubmit.add_argument("--reason", metavar="TEXT",
                           help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    resubmit.add_argument("--force", action="store_true",
+                          help="also resubmit jobs named by number that are Done")
     resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
     add_engine_options(resubmit)
     resubmit.set_defaults(func=cmd_resubmit)
@@ -3717,7 +4512,8 @@ def build_parser() -> argparse.ArgumentParser:
     kill = commands.add_parser(
         "kill", help="kill jobs",
         description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
-        "the watch records the change. Jobs not submitted yet are not submitted.")
+        "the watch records the change. Jobs not submitted yet are not submitted. Says what it did in "
+        "one line, however many jobs.")
     kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
     kill.add_argument("--all", action="store_true", help="every job that is not final")
     kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
@@ -3734,9 +4530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_day_to_day_commands(commands)
 
-    run_local = commands.add_parser("_run-local")     # the local backend's runner; not for users
-    run_local.add_argument("folder")
-    run_local.set_defaults(func=cmd_run_local)
+    local_site = commands.add_parser("_local-site")   # a local batch's site process; not for users
+    local_site.add_argument("folder")
+    local_site.set_defaults(func=cmd_local_site)
     return parser
 
 
@@ -3810,7 +4606,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         "for good, since not all can be done (all-done); or at the first failure, "
                         "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
     parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line and event, instead of text")
+                        help="one JSON object per line and event, instead of text; stdout carries "
+                        "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
 
 
 def positive_int(text: str) -> int:
@@ -3835,32 +4632,56 @@ def positive_float(text: str) -> float:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return EXIT_USAGE
+    args = None
     try:
+        quiet_interrupts()
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return EXIT_USAGE
         return args.func(args)
     except GridError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"grid: error: {e.message}", file=sys.stderr)
+        print(f"grid: error: {one_line(e.message)}", file=sys.stderr)
         if e.fix:
-            print(f"grid: fix: {e.fix}", file=sys.stderr)
+            print(f"grid: fix: {one_line(e.fix)}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:              # the reader went away (`| head`): end quietly, as cat does
+        silence(sys.stdout)
+        return EXIT_OK
     except OSError as e:                 # disk full, permissions: the system's words, no traceback
         if args.debug:
             traceback.print_exc()
         print(f"grid: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("grid: interrupted; state is kept, `grid watch` resumes", file=sys.stderr)
+        print(f"grid: {interruption_note(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        sys.stderr.close()
-        return EXIT_OK
 
+
+def quiet_interrupts() -> None:
+    """Ctrl-C while gevent's loop runs outside the engine (a sleep, a wait for a thread) is raised in
+    the loop first, which prints it as a crash before handing it on to main(): it is no crash."""
+    from gevent.hub import Hub
+    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
+
+
+def interruption_note(args: Optional[argparse.Namespace]) -> str:
+    """The one true line after Ctrl-C outside the engine (the engine says its own)."""
+    if args is None or not getattr(args, "command", None):
+        return "interrupted; nothing was done"
+    stored = (Path(args.batch) / STATE_DIR / "db").is_dir()
+    if args.command == "submit" and (args.dry_run or not stored):
+        return "interrupted before anything was submitted; nothing was stored"
+    if args.command in ("submit", "watch", "resubmit"):
+        return "interrupted; state is kept, `grid watch` resumes"
+    return "interrupted"
+
+
+signal.signal(signal.SIGINT, IMPORT_TIME_SIGINT or signal.default_int_handler)   # imports are done
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,7 @@
 """Fixtures shared by every tier: a batch directory and a way to run grid.py in it as a user would."""
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,20 @@ def run_grid(batch: Path):
                               timeout=timeout, env={**os.environ, **(env or {})})
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def no_local_site_left(tmp_path: Path):
+    """A test's local batches leave no site process (nor job processes) behind, whatever the test did."""
+    yield
+    import grid
+    for info in tmp_path.rglob(".grid/local/site.json"):
+        root = info.parent
+        for state in root.glob("*/state.json"):
+            grid.signal_job(grid.read_local_state(state.parent), signal.SIGKILL)
+        pid = json.loads(info.read_text())["pid"]
+        try:
+            if "_local-site" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass                                     # it ended by itself

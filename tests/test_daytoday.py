@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, grid_cmd, write
+from helpers import EXAMPLES, grid_cmd, step_stdout, write
 
 FAST = ("--interval", "0.2")
 
@@ -25,7 +25,7 @@ def status(run_grid) -> dict:
     return json.loads(result.stdout)
 
 
-def wait_for_status(batch: Path, run_grid, wanted: str, num: int = 1, timeout: float = 30) -> None:
+def wait_for_status(batch: Path, run_grid, wanted: str, num: int = 1, timeout: float = 120) -> None:
     """Until job #num has the wanted status (the batch may not exist yet)."""
     deadline = time.monotonic() + timeout
     while not (batch / ".grid" / "db").is_dir() or status(run_grid)["jobs"][num - 1]["status"] != wanted:
@@ -101,8 +101,8 @@ def test_retries_resubmit_a_flaky_job_keeping_its_number_lineage_and_first_outpu
     assert steady["attempts"] == 1 and steady["past"] == []
     first = batch / flaky["past"][0]["output"]
     assert first == batch / "retried" / "00001_flaky.1"
-    assert "first try" in (first / "std.out").read_text()
-    assert (batch / "succeeded" / "00001_flaky" / "std.out").read_text() == "ok\n"
+    assert step_stdout(first) == "first try\n"
+    assert step_stdout(batch / "succeeded" / "00001_flaky") == "ok\n"
     assert not (batch / "failed").exists() or not list((batch / "failed").iterdir())
 
 
@@ -139,7 +139,8 @@ def test_resubmit_by_number_and_by_reason(batch, run_grid):
 @pytest.mark.parametrize("args, message", [
     ((), "name the jobs"),
     (("9",), "no job #9 in the batch"),
-    (("1",), None),                       # a Done job named by number runs again: the user asked for it
+    (("1",), "resubmit is for failed jobs"),   # a Done job runs again only with --force
+    (("1", "--force"), None),
 ])
 def test_resubmit_mistakes_are_one_line_errors(batch, run_grid, args, message):
     assert run_grid("submit", "--backend", "local", *FAST, EXAMPLES / "hello.py").returncode == 0
@@ -209,8 +210,8 @@ def test_reschedule_runs_the_same_job_again_and_keeps_the_old_output(batch, run_
     job = status(run_grid)["jobs"][0]
     assert job["id"] == first["id"] and job["ids"] == first["ids"]           # same DIRAC id
     assert job["past"][0]["status"] == "Done"
-    assert (batch / "retried" / "00001_again.1" / "std.out").read_text().strip() == "1"
-    assert (batch / "succeeded" / "00001_again" / "std.out").read_text().strip() == "2"
+    assert step_stdout(batch / "retried" / "00001_again.1").strip() == "1"
+    assert step_stdout(batch / "succeeded" / "00001_again").strip() == "2"
 
 
 def test_reschedule_needs_the_batch_to_itself(batch, run_grid):

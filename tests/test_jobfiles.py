@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, write
+from helpers import EXAMPLES, step_stdout, write
 
 
 def assert_one_line_error(result, *fragments):
@@ -113,4 +113,4 @@ def test_non_ascii_names_and_arguments_work_end_to_end(run_grid, batch):
     status = json.loads(run_grid("status", "--json").stdout)
     [job] = status["jobs"]
     assert job["name"] == "Zerfall-μ→eγ" and job["status"] == "Done"
-    assert (batch / job["output"] / "std.out").read_text() == "Grüße\n"
+    assert step_stdout(batch / job["output"]) == "Grüße\n"

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from grid import EXIT_JOBS_FAILED
-from helpers import EXAMPLES, grid_cmd
+from helpers import EXAMPLES, grid_cmd, step_stdout
 
 EXAMPLE_FILES = [EXAMPLES / "hello.py", EXAMPLES / "many.py", EXAMPLES / "fail.py"]
 
@@ -23,14 +23,22 @@ def assert_examples_finished(batch: Path, run_grid) -> None:
     succeeded = sorted(p.name for p in (batch / "succeeded").iterdir())
     failed = sorted(p.name for p in (batch / "failed").iterdir())
     assert len(succeeded) == 101 and failed == ["00102_fails-on-purpose"]
-    assert (batch / "succeeded" / "00001_Test_job" / "std.out").read_text() == "Hello World\n"
+    assert step_stdout(batch / "succeeded" / "00001_Test_job") == "Hello World\n"
     for i in range(1, 101):
         folder = batch / "succeeded" / f"{i + 1:05d}_square-{i:03d}"
         assert (folder / "result.txt").read_text() == f"{i * i}\n"
-    assert "about to fail" in (batch / "failed" / "00102_fails-on-purpose" / "std.out").read_text()
+    assert step_stdout(batch / "failed" / "00102_fails-on-purpose") == "about to fail\n"
     assert not list((batch / ".grid").glob("tmp/*"))               # no partial download left
     ids = [job["id"] for job in data["jobs"]]
     assert len(set(ids)) == len(ids) == 102                           # every job submitted once
+
+
+def wait_for_the_batch(batch: Path, timeout: float = 120) -> None:
+    """Until `submit` has stored the batch (a loaded machine takes seconds to load the job files)."""
+    deadline = time.monotonic() + timeout
+    while not (batch / ".grid" / "db").exists():
+        assert time.monotonic() < deadline, "the batch was never stored"
+        time.sleep(0.05)
 
 
 def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid):
@@ -49,13 +57,14 @@ def test_examples_run_to_completion_with_the_seeds_summary_lines(batch, run_grid
 
 def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(batch, run_grid):
     for kill_after in (1.0, 2.5, 4.0):
-        if (batch / ".grid").exists():
+        if (batch / ".grid" / "db").exists():
             process = subprocess.Popen(grid_cmd("watch", "--interval", "0.2"), cwd=batch,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         else:
             process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2",
                                                 *EXAMPLE_FILES), cwd=batch,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            wait_for_the_batch(batch)          # kills while the job files load prove nothing here
         time.sleep(kill_after)
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -67,7 +76,8 @@ def test_watch_after_sigkill_finishes_with_no_duplicate_and_no_partial_folder(ba
 def test_ctrl_c_stops_cleanly_and_watch_resumes(batch, run_grid):
     process = subprocess.Popen(grid_cmd("submit", "--backend", "local", "--interval", "0.2", *EXAMPLE_FILES),
                                cwd=batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)
+    wait_for_the_batch(batch)
+    time.sleep(1)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
@@ -89,10 +99,13 @@ def test_no_watch_returns_after_submitting_and_local_jobs_run_on_without_the_too
     result = run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py")
     assert result.returncode == 0
     assert "1 of 1 job(s) submitted" in result.stdout
-    assert status(run_grid)["jobs"][0]["status"] == "Received"
+    deadline = time.monotonic() + 120
+    while status(run_grid)["jobs"][0]["status"] != "Done":        # the local site runs it meanwhile
+        assert time.monotonic() < deadline, "the job did not run without a grid command"
+        time.sleep(0.5)
     result = run_grid("watch", "--interval", "0.2")
     assert result.returncode == 0
-    assert (batch / "succeeded" / "00001_Test_job" / "std.out").read_text() == "Hello World\n"
+    assert step_stdout(batch / "succeeded" / "00001_Test_job") == "Hello World\n"
 
 
 def test_unwritable_batch_directory_is_a_clear_error(run_grid):

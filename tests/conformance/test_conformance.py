@@ -44,9 +44,7 @@ EXPECTED = {
 KNOWN: dict = {}
 # Jobs the local backend does not run as the grid does yet, and why: each must still differ (the
 # test fails once it conforms, so that it is taken off this list).
-PENDING = {
-    "inputs": "the local backend does not unpack input sandbox archives yet (issue 13, item 2)",
-}
+PENDING: dict = {}
 
 
 def payload(path: Path) -> bytes:

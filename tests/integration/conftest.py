@@ -10,7 +10,23 @@ the tests are skipped, except on CI (CI=true), where that is a failure. Every te
         dirac_lab.jobagent(False)        # jobs stay Waiting (after the test: unmatched jobs killed, JobAgent on)
         dirac_lab.drive([1, 2], "Done")  # fast Waiting -> Done with an output sandbox, no JobAgent
         dirac_lab.wan(True)              # 50 ms round trip (restored after the test)
+
+Data Management (storage element SE-1 and the DIRAC File Catalog):
+
+        ids = ...                                             # jobs that declare setOutputData([...])
+        res = dirac_lab.drive(ids, "Done", data_size=3 << 20)  # their files uploaded and registered, as a job does
+        res["data"]   # {job_id: {lfn: sha256}}
+        dirac_lab.put_files({lfn: b"bytes"})                  # upload + register any file
+        dirac_lab.replica(lfn)                                # the replica's file on SE-1's disk
+        with dirac_lab.corrupt_replica(lfn): ...              # one byte flipped, same size; restored after
+        dirac_lab.se(False)                                   # StorageElement service down (up after the test)
+        dirac_lab.catalog(False)                              # FileCatalog service down (up after the test)
+        with dirac_lab.sandbox_limit(1 << 20): ...            # OutputSandboxLimit on the running CS
+        dirac_lab.kick_jobagent()                             # fresh JobAgent once no job runs
 """
+import contextlib
+import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -25,6 +41,19 @@ REPO = HERE.parent.parent
 LAB_DIR = REPO / "tests" / "lab"
 LAB_SH = LAB_DIR / "lab.sh"
 DRIVE_PY = LAB_DIR / "drive.py"
+SANDBOX_LIMIT = "/Systems/WorkloadManagement/JobWrapper/OutputSandboxLimit"
+PUT_FILES = r'''
+import json, sys
+import DIRAC
+DIRAC.initialize()
+from DIRAC.DataManagementSystem.Client.DataManager import DataManager
+failed = {}
+for lfn, path, se in json.load(sys.stdin):
+    res = DataManager().putAndRegister(lfn, path, se)
+    if not res["OK"] or lfn not in res["Value"]["Successful"]:
+        failed[lfn] = res.get("Message") or str(res["Value"]["Failed"].get(lfn))
+print("RESULT " + json.dumps(failed))
+'''
 _DROP = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "DIRACSYSCONFIG", "DIRAC_USE_TORNADO_IOLOOP",
          "X509_USER_CERT", "X509_USER_KEY")
 _timings = {}
@@ -54,6 +83,9 @@ class DiracLab:
         self.lab_sh = str(LAB_SH)
         self.wan_on = False
         self.jobagent_on = True
+        self.se_on = True
+        self.catalog_on = True
+        self.se_path = self.lab_dir / "storage" / "SE-1"   # SE-1's BasePath: LFN /a/b is se_path/a/b
         self.timings = _timings  # name -> seconds, printed in the terminal summary
 
     # ------------------------------------------------------------------ processes inside the netns
@@ -105,18 +137,88 @@ class DiracLab:
         self.lab("jobagent", "start" if on else "stop")
         self.jobagent_on = bool(on)
 
+    def se(self, on: bool):
+        """Start or stop the StorageElement service of SE-1 (stopped: connection refused)."""
+        self.lab("service", "StorageElement", "start" if on else "stop")
+        self.se_on = bool(on)
+
+    def catalog(self, on: bool):
+        """Start or stop the FileCatalog service (stopped: connection refused)."""
+        self.lab("service", "FileCatalog", "start" if on else "stop")
+        self.catalog_on = bool(on)
+
+    def kick_jobagent(self):
+        """Restart the JobAgent once it runs no job: a fresh agent, without any idle back-off."""
+        self.lab("jobagent", "kick")
+        self.jobagent_on = True
+
+    def cs_get(self, path: str) -> str:
+        """An option's value as a new process gets it from the running Configuration Server ('' unset)."""
+        out = self.lab("cs-get", path)
+        return out.strip().partition(" = ")[2]
+
+    def cs_set(self, path: str, value) -> None:
+        """Set an option on the running Configuration Server ('' deletes it); new processes see it."""
+        self.lab("cs-set", f"{path}={value}")
+
+    @contextlib.contextmanager
+    def sandbox_limit(self, nbytes: int):
+        """OutputSandboxLimit (bytes of the bz2-compressed sandbox) for jobs started inside the block:
+        a larger sandbox goes to grid storage as an LDSB.* file. Restored afterwards."""
+        old = self.cs_get(SANDBOX_LIMIT)
+        self.cs_set(SANDBOX_LIMIT, int(nbytes))
+        try:
+            yield
+        finally:
+            self.cs_set(SANDBOX_LIMIT, old)
+
+    def replica(self, lfn: str) -> Path:
+        """The file of an LFN's replica on SE-1's disk."""
+        return self.se_path / lfn.lstrip("/")
+
+    @contextlib.contextmanager
+    def corrupt_replica(self, lfn: str):
+        """One byte of the replica flipped (size unchanged, adler32 no longer the catalogue's); restored after."""
+        path = self.replica(lfn)
+        original = path.read_bytes()
+        bad = bytearray(original)
+        bad[len(bad) // 2] ^= 0xFF
+        path.write_bytes(bytes(bad))
+        try:
+            yield path
+        finally:
+            path.write_bytes(original)
+
+    def put_files(self, files: dict, se: str = "SE-1", tmp_dir=None) -> dict:
+        """Upload and register {lfn: bytes} on `se` (DataManager.putAndRegister); returns {lfn: sha256}."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="put.", dir=tmp_dir) as tmp:
+            todo = []
+            for i, (lfn, data) in enumerate(files.items()):
+                path = Path(tmp) / f"{i}_{Path(lfn).name}"
+                path.write_bytes(data)
+                todo.append([lfn, str(path), se])
+            p = self.run_python(PUT_FILES, input=json.dumps(todo))
+        failed = json.loads([ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+        if failed:
+            raise AssertionError(f"putAndRegister failed: {failed}")
+        return {lfn: hashlib.sha256(data).hexdigest() for lfn, data in files.items()}
+
     def kill_waiting(self):
         """Kill every job not matched yet (Received/Checking/Waiting); returns lab.sh's message."""
         return self.lab("kill-waiting").strip()
 
-    def drive(self, job_ids, status="Done", files=None, check=True, timeout=600):
+    def drive(self, job_ids, status="Done", files=None, check=True, timeout=600, data_size=None):
         """Drive Waiting jobs to `status` ('Done'/'Failed') with an output sandbox, through the real
         JobStateUpdate and SandboxStore services (tests/lab/drive.py). files: {name: text} where text may
         use {job_id} and {status}; default std.out "job <id> <status> (driven by drive.py)".
-        Returns {"ok": [...], "errors": {id: msg}, "warnings": [...], "seconds": s}."""
-        import json
-
+        data_size: each OutputData file of a job's JDL uploaded and registered (that many random bytes)
+        where the job wrapper would put it. Returns {"ok": [...], "errors": {id: msg}, "warnings": [...],
+        "seconds": s, "data": {id: {lfn: sha256}}}."""
         argv = [self.python, str(DRIVE_PY), "--status", status]
+        if data_size is not None:
+            argv += ["--data-size", str(int(data_size))]
         if files is not None:
             argv += ["--no-sandbox"] if not files else [a for k, v in files.items() for a in ("--file", f"{k}={v}")]
         argv.append("-")
@@ -128,6 +230,7 @@ class DiracLab:
                                f"{p.stderr[-3000:]}")
         res = json.loads(lines[-1][len("RESULT "):])
         res["errors"] = {int(k): v for k, v in res["errors"].items()}
+        res["data"] = {int(k): v for k, v in res.get("data", {}).items()}
         if check and res["errors"]:
             raise AssertionError(f"drive.py: {len(res['errors'])} job(s) not driven: "
                                  f"{dict(list(res['errors'].items())[:10])}; logs: {self.logs_dir}")
@@ -199,7 +302,8 @@ def dirac_lab():
 
 @pytest.fixture(autouse=True)
 def _dirac_lab_restore(request):
-    """After each test that used the lab: WAN delay off and JobAgent running again, if the test changed them.
+    """After each test that used the lab: WAN delay off, storage element and catalogue up and JobAgent
+    running again, if the test changed them.
     A test that stopped the JobAgent owns the jobs still unmatched at its end: they are killed first, or the
     one JobAgent would spend the next tests running them (about 8 s each)."""
     yield
@@ -208,6 +312,10 @@ def _dirac_lab_restore(request):
         return
     if lab.wan_on:
         lab.wan(False)
+    if not lab.se_on:
+        lab.se(True)
+    if not lab.catalog_on:
+        lab.catalog(True)
     if not lab.jobagent_on:
         lab.kill_waiting()
         lab.jobagent(True)

@@ -1,8 +1,11 @@
 """The lab is a real DIRAC: jobs run through its JobAgent, the driver moves jobs through its services,
-the WAN switch changes what a DISET call costs."""
+the WAN switch changes what a DISET call costs, its storage element and catalogue hold what jobs upload."""
+import hashlib
 import json
+import os
 import re
 import socket
+import subprocess
 import time
 
 SUBMIT_AND_WAIT = r'''
@@ -111,7 +114,8 @@ def test_lab_answers_and_is_isolated(dirac_lab):
     out = dirac_lab.lab("up")
     assert "already up" in out and time.monotonic() - t0 < 10
     status = dirac_lab.lab("status")
-    assert status.count(" answers ") == 8, status
+    assert status.count(" answers ") == 10, status
+    assert "DataManagement/FileCatalog" in status and "DataManagement/StorageElement" in status
     links = dirac_lab.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
     assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"]
     # the services are not reachable from the root namespace
@@ -184,3 +188,93 @@ def test_wan_adds_latency_to_a_diset_call(dirac_lab):
     dirac_lab.timings["status call, 50 ms round trip"] = slow
     assert slow - base >= 0.040, (base, slow)
     assert after - base < 0.030, (base, after)
+
+
+OUTPUT_DATA_AND_BIG_SANDBOX = r'''
+import json, sys, time
+import DIRAC
+DIRAC.initialize()
+from DIRAC.Interfaces.API.Dirac import Dirac
+from DIRAC.Interfaces.API.Job import Job
+from DIRAC.Resources.Catalog.FileCatalog import FileCatalog
+from DIRAC.WorkloadManagementSystem.Client.JobMonitoringClient import JobMonitoringClient
+j = Job()
+j.setName("lab-data")
+j.setExecutable("/bin/sh", arguments='-c "head -c 1500000 /dev/urandom > out.dat; head -c 1500000 /dev/urandom > big.bin;'
+                ' sha256sum out.dat big.bin"')
+j.setOutputData(["out.dat"], outputSE="SE-1")
+j.setOutputSandbox(["std.out", "big.bin"])
+d = Dirac()
+jid = d.submitJob(j)["Value"]
+t0 = time.monotonic()
+while time.monotonic() - t0 < 240:
+    s = d.getJobStatus(jid)["Value"][jid]
+    if s["Status"] in ("Done", "Failed", "Killed"):
+        break
+    time.sleep(0.5)
+folder = f"/labvo/user/l/labuser/{jid // 1000}/{jid}"
+listing = FileCatalog().listDirectory(folder)["Value"]["Successful"][folder]["Files"]
+files = {lfn: {"size": m["MetaData"]["Size"], "checksum": m["MetaData"]["Checksum"]} for lfn, m in listing.items()}
+log = [row[1] for row in d.getJobLoggingInfo(jid)["Value"]]
+print("RESULT " + json.dumps({"job_id": jid, "status": s, "files": files, "log": log,
+                              "seconds": time.monotonic() - t0}))
+'''
+
+GET_FILE = r'''
+import json, sys
+import DIRAC
+DIRAC.initialize()
+from DIRAC.DataManagementSystem.Client.DataManager import DataManager
+res = DataManager().getFile(sys.argv[1], destinationDir=sys.argv[2])
+print("RESULT " + json.dumps({"ok": res["OK"] and sys.argv[1] in res["Value"]["Successful"],
+                              "message": res.get("Message") or str(res["Value"]["Failed"])}))
+'''
+
+
+def test_jobagent_uploads_output_data_and_an_oversized_sandbox_to_the_storage_element(dirac_lab, tmp_path):
+    with dirac_lab.sandbox_limit(1 << 20):
+        assert dirac_lab.cs_get("/Systems/WorkloadManagement/JobWrapper/OutputSandboxLimit") == str(1 << 20)
+        res = result_of(dirac_lab.run_python(OUTPUT_DATA_AND_BIG_SANDBOX, cwd=tmp_path))
+    assert dirac_lab.cs_get("/Systems/WorkloadManagement/JobWrapper/OutputSandboxLimit") == "10485760"
+    dirac_lab.timings["output data + oversized sandbox job, submitted -> Done"] = res["seconds"]
+    jid = res["job_id"]
+    assert res["status"]["Status"] == "Done", res
+    folder = f"/labvo/user/l/labuser/{jid // 1000}/{jid}"
+    names = sorted(os.path.basename(lfn) for lfn in res["files"])
+    assert names[1] == "out.dat" and names[0].startswith("LDSB."), res["files"]      # the sandbox went to SE-1
+    assert "Uploading Output Data" in res["log"] and "Output Sandbox Uploaded" not in res["log"], res["log"]
+    # the replicas are files on SE-1's disk, as the catalogue describes them
+    out = dirac_lab.replica(f"{folder}/out.dat")
+    assert out.stat().st_size == res["files"][f"{folder}/out.dat"]["size"] == 1500000
+
+
+def test_storage_element_serves_checks_and_goes_down_on_demand(dirac_lab, tmp_path):
+    lfn = f"/labvo/user/l/labuser/labtest/{time.time_ns()}/f.dat"
+    data = os.urandom(300000)
+    assert dirac_lab.put_files({lfn: data}) == {lfn: hashlib.sha256(data).hexdigest()}
+    assert dirac_lab.replica(lfn).read_bytes() == data
+
+    def get(dest):
+        dest.mkdir()
+        return result_of(dirac_lab.run_python(GET_FILE, lfn, dest, timeout=120))
+
+    assert get(tmp_path / "a")["ok"] and (tmp_path / "a/f.dat").read_bytes() == data
+    with dirac_lab.corrupt_replica(lfn):
+        res = get(tmp_path / "b")
+        assert not res["ok"] and "checksum" in res["message"].lower(), res
+    assert dirac_lab.replica(lfn).read_bytes() == data
+    dirac_lab.se(False)
+    assert not get(tmp_path / "c")["ok"]
+    dirac_lab.se(True)
+    assert get(tmp_path / "d")["ok"]
+
+
+def test_lab_has_its_own_database_account(dirac_lab):
+    user = os.environ.get("DBPREFIX", "gridlab_") + "dirac"
+    cfg = (dirac_lab.lab_dir / "server/etc/dirac.cfg").read_text()
+    assert re.search(rf"^\s*User = {re.escape(user)}$", cfg, re.M), cfg
+    grants = subprocess.run(["mysql", "-uroot", "-N", "-e", f"SHOW GRANTS FOR '{user}'@'localhost'"],
+                            capture_output=True, text=True, check=True).stdout
+    databases = re.findall(r"ON `([^`]+)`\.\*", grants.replace("\\_", "_"))
+    prefix = os.environ.get("DBPREFIX", "gridlab_")
+    assert len(databases) == 8 and all(d.startswith(prefix) for d in databases), grants

@@ -7,14 +7,19 @@ For each job this does what the Matcher and a pilot's job wrapper would do, as t
      left in, the entries make the lab's JobAgent fail one match per cycle on jobs that are not Waiting);
   1. uploads an output sandbox (by default std.out saying which job it is) assigned to the job
      (SandboxStoreClient.uploadFilesAsSandbox, assignTo={"Job:<id>": "Output"});
-  2. JobStateUpdate.setJobSite (the lab's site) and one JobStateUpdate.setJobStatusBulk call:
+  2. with --data-size N (data_size=N): uploads and registers each file the job's JDL declares as OutputData
+     (N random bytes, incompressible) to its OutputSE (default SE-1) at the LFN a job wrapper gives it
+     (/<vo>/user/<o>/<owner>/<id // 1000>/<id>/<name>, or <owner>/<OutputPath>/<name>), through DataManager
+     putAndRegister, as a job does after its sandbox;
+  3. JobStateUpdate.setJobSite (the lab's site) and one JobStateUpdate.setJobStatusBulk call:
      Matched -> Running -> Completing -> Done|Failed, with time stamps (JobLoggingDB has the history).
 Jobs are first waited for until the optimizers have made them Waiting. Only Waiting jobs are driven;
 others are reported as errors. Meant for when the lab's JobAgent is stopped (it would match jobs too).
 
 Run it inside the lab's network namespace with the lab's client environment:
     bash tests/lab/lab.sh run python tests/lab/drive.py [--status Failed] [--file NAME=TEXT] JOBID... | -
-The last line of output is "RESULT {json}" with {"ok": [...], "errors": {id: msg}, "warnings": [...], "seconds": s}.
+The last line of output is "RESULT {json}" with {"ok": [...], "errors": {id: msg}, "warnings": [...], "seconds": s,
+"data": {id: {lfn: sha256}}}.
 
 As a module (in a process that runs inside the netns with the client environment):
     from drive import drive_jobs
@@ -32,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 DEFAULT_FILES = {"std.out": "job {job_id} {status} (driven by drive.py)\n"}
 MINOR = {"Done": "Execution Complete", "Failed": "Application Finished With Errors"}
 SITE = "DIRAC.Lab.local"
+DEFAULT_SE = "SE-1"
 _initialised = False
 
 
@@ -91,7 +97,55 @@ def _stamps(n):
     return [(t0 + datetime.timedelta(milliseconds=10 * i)).strftime("%Y-%m-%d %H:%M:%S.%f") for i in range(n)]
 
 
-def _drive_one(job_id, status, files, workdir, source):
+def _as_list(value):
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def output_lfn(job_id, name, owner, vo, output_path=""):
+    """The LFN a DIRAC job wrapper uploads output file `name` of a user job to (JobWrapper's convention)."""
+    if name.startswith("LFN:"):
+        return name[len("LFN:"):]
+    base = f"/{vo}/user/{owner[:1]}/{owner}"
+    if output_path.startswith("LFN:"):
+        base, output_path = "", output_path[len("LFN:"):]
+    path = output_path.strip("/") or f"{job_id // 1000}/{job_id}"
+    return f"{base}/{path}/{os.path.basename(name)}"
+
+
+def upload_output_data(job_id, size, workdir):
+    """Upload and register `size` random bytes for each OutputData file of the job's JDL; {lfn: sha256}."""
+    import hashlib
+
+    from DIRAC.ConfigurationSystem.Client.Helpers.Registry import getVOForGroup
+    from DIRAC.DataManagementSystem.Client.DataManager import DataManager
+    from DIRAC.Interfaces.API.Dirac import Dirac
+
+    res = Dirac().getJobJDL(job_id)
+    if not res["OK"]:
+        raise RuntimeError(f"getJobJDL: {res['Message']}")
+    jdl = res["Value"]
+    ses = _as_list(jdl.get("OutputSE")) or [DEFAULT_SE]
+    vo = getVOForGroup(jdl.get("OwnerGroup", "")) or "dirac"
+    output_path = jdl.get("OutputPath", "")
+    output_path = output_path if isinstance(output_path, str) else ""
+    uploaded = {}
+    for name in _as_list(jdl.get("OutputData")):
+        lfn = output_lfn(job_id, name, jdl["Owner"], vo, output_path)
+        path = os.path.join(workdir, f"data-{job_id}-{os.path.basename(lfn)}")
+        data = os.urandom(size)
+        with open(path, "wb") as f:
+            f.write(data)
+        res = DataManager().putAndRegister(lfn, path, ses[0])
+        os.unlink(path)
+        if not res["OK"] or lfn not in res["Value"]["Successful"]:
+            raise RuntimeError(f"putAndRegister {lfn}: {res.get('Message') or res['Value']['Failed'].get(lfn)}")
+        uploaded[lfn] = hashlib.sha256(data).hexdigest()
+    return uploaded
+
+
+def _drive_one(job_id, status, files, workdir, source, data_size=None, uploaded=None):
     from DIRAC.WorkloadManagementSystem.Client.JobStateUpdateClient import JobStateUpdateClient
     from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import SandboxStoreClient
 
@@ -114,8 +168,14 @@ def _drive_one(job_id, status, files, workdir, source):
         ("Running", "Job Initialization", ""),
         ("Running", "Application", "Running"),
         ("Completing", "Uploading Output Sandbox", ""),
-        (status, MINOR[status], "Finished" if status == "Done" else "Failed"),
     ]
+    if data_size is not None:
+        try:
+            uploaded[job_id] = upload_output_data(job_id, data_size, workdir)
+        except RuntimeError as exc:
+            return f"output data: {exc}"
+        chain.append(("Completing", "Uploading Output Data", ""))
+    chain.append((status, MINOR[status], "Finished" if status == "Done" else "Failed"))
     bulk = {}
     for stamp, (st, minor, app) in zip(_stamps(len(chain)), chain):
         bulk[stamp] = {"Status": st, "MinorStatus": minor, "Source": source}
@@ -131,12 +191,14 @@ def _drive_one(job_id, status, files, workdir, source):
     return None
 
 
-def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source="drive.py"):
+def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source="drive.py", data_size=None):
     """Drive the given Waiting jobs to `status` ("Done" or "Failed") with an output sandbox.
 
     files: {name: text} for the output sandbox (text may use {job_id} and {status}), or a callable
     job_id -> {name: text|bytes}; None = DEFAULT_FILES; {} = no output sandbox.
-    Returns {"ok": [job ids driven], "errors": {job_id: message}, "warnings": [...], "seconds": elapsed}.
+    data_size: upload and register each of the job's OutputData files with that many random bytes.
+    Returns {"ok": [job ids driven], "errors": {job_id: message}, "warnings": [...], "seconds": elapsed,
+    "data": {job_id: {lfn: sha256}}}.
     """
     if status not in MINOR:
         raise ValueError(f"status must be one of {sorted(MINOR)}")
@@ -148,16 +210,19 @@ def drive_jobs(job_ids, status="Done", files=None, workers=16, wait=60.0, source
     todo = [j for j in job_ids if j not in errors]
     files = DEFAULT_FILES if files is None else files
     warning = remove_from_task_queues(todo)
-    ok = []
+    ok, data = [], {}
     with tempfile.TemporaryDirectory(prefix="drive.") as workdir:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(todo) or 1))) as pool:
-            for job_id, err in zip(todo, pool.map(lambda j: _drive_one(j, status, files, workdir, source), todo)):
+            def drive(job_id):
+                return _drive_one(job_id, status, files, workdir, source, data_size, data)
+
+            for job_id, err in zip(todo, pool.map(drive, todo)):
                 if err:
                     errors[job_id] = err
                 else:
                     ok.append(job_id)
     return {"ok": ok, "errors": errors, "warnings": [warning] if warning else [],
-            "seconds": round(time.monotonic() - t0, 3)}
+            "seconds": round(time.monotonic() - t0, 3), "data": data}
 
 
 def main(argv=None):
@@ -167,12 +232,15 @@ def main(argv=None):
     p.add_argument("--file", action="append", default=[], metavar="NAME=TEXT",
                    help="output sandbox file (repeatable; TEXT may use {job_id} {status}); default std.out")
     p.add_argument("--no-sandbox", action="store_true", help="upload no output sandbox")
+    p.add_argument("--data-size", type=int, metavar="BYTES",
+                   help="upload and register each OutputData file of the job's JDL, BYTES random bytes")
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the optimizers (default 60)")
     a = p.parse_args(argv)
     ids = sys.stdin.read().split() if a.job_ids == ["-"] else a.job_ids
     files = {} if a.no_sandbox else (dict(f.split("=", 1) for f in a.file) if a.file else None)
-    res = drive_jobs([int(i) for i in ids], status=a.status, files=files, workers=a.workers, wait=a.wait)
+    res = drive_jobs([int(i) for i in ids], status=a.status, files=files, workers=a.workers, wait=a.wait,
+                     data_size=a.data_size)
     print(f"drove {len(res['ok'])} job(s) to {a.status} in {res['seconds']} s; {len(res['errors'])} error(s)",
           *res["warnings"], file=sys.stderr)
     print("RESULT " + json.dumps(res), flush=True)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A real DIRAC WMS (DISET dips:// services, MariaDB, a JobAgent as local pilot) on this machine, inside a
-# network namespace that only has 'lo'. Needs root and what `bash setup.sh test` installs.
+# A real DIRAC WMS and Data Management (DISET dips:// services, a StorageElement SE-1 and the File Catalog,
+# MariaDB, a JobAgent as local pilot) on this machine, inside a network namespace that only has 'lo'.
+# Needs root and what `bash setup.sh test` installs.
 #
 #   bash tests/lab/lab.sh up                 start (idempotent; quick when already up and healthy)
 #   bash tests/lab/lab.sh down               stop everything it started, remove the netns
@@ -8,14 +9,17 @@
 #   eval "$(bash tests/lab/lab.sh env)"      client environment (then: ip netns exec gridlab <cmd>)
 #   bash tests/lab/lab.sh run CMD...         run CMD inside the netns with the client environment
 #   bash tests/lab/lab.sh wan on|off         50 ms round trip on the namespace's loopback (user-space delay)
-#   bash tests/lab/lab.sh jobagent start|stop|status
+#   bash tests/lab/lab.sh jobagent start|stop|status|kick   (kick: restart it once no job runs)
 #   bash tests/lab/lab.sh kill-waiting       kill every job not yet matched (Received/Checking/Waiting)
 #   bash tests/lab/lab.sh services stop|start  an outage: stop the services and optimizers, keeping all state
+#   bash tests/lab/lab.sh service NAME stop|start   one service only, e.g. StorageElement or FileCatalog
+#   bash tests/lab/lab.sh cs-set /PATH=VALUE...     change options on the running CS ('/PATH=' deletes)
+#   bash tests/lab/lab.sh cs-get /PATH...           options as the running CS serves them
 #   bash tests/lab/lab.sh logs               list the log files (one per process)
 #
 # Environment: LAB (state dir, default tests/lab/.lab), NS (netns, default gridlab), VENV (default <repo>/.venv),
-# DBPREFIX (default gridlab_), MAXPARAM (JobManager MaxParametricJobs, 100), JA_POLL (JobAgent polling, 2 s),
-# DELAY_MS (one-way delay of 'wan on', 25), LAB_JOBAGENT=off (up without starting the JobAgent).
+# DBPREFIX (default gridlab_; the lab's MariaDB account DBUSER defaults to <DBPREFIX>dirac), MAXPARAM (JobManager
+# MaxParametricJobs, 100), JA_POLL (JobAgent polling, 2 s), DELAY_MS (one-way delay of 'wan on', 25), LAB_JOBAGENT=off (up without starting the JobAgent).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,11 +28,12 @@ VENV=${VENV:-$REPO/.venv}
 LAB=$(realpath -m "${LAB:-$HERE/.lab}")
 NS=${NS:-gridlab}
 DBPREFIX=${DBPREFIX:-gridlab_}
+DBUSER=${DBUSER:-${DBPREFIX}dirac}
 DBPASS=${DBPASS:-gridlabpw}
 MAXPARAM=${MAXPARAM:-100}
 JA_POLL=${JA_POLL:-2}
 DELAY_MS=${DELAY_MS:-25}
-export LAB VENV DBPREFIX DBPASS MAXPARAM JA_POLL
+export LAB VENV DBPREFIX DBUSER DBPASS MAXPARAM JA_POLL
 . "$HERE/lab_cfg.sh"
 
 PROXY=$LAB/pki/proxy.pem
@@ -38,7 +43,8 @@ CADIR=$LAB/pki/certificates
 SERVICES="cs:Configuration/Server:9135 OptimizationMind:WorkloadManagement/OptimizationMind:9175
 JobManager:WorkloadManagement/JobManager:9132 JobMonitoring:WorkloadManagement/JobMonitoring:9130
 JobStateUpdate:WorkloadManagement/JobStateUpdate:9136 SandboxStore:WorkloadManagement/SandboxStore:9196
-Matcher:WorkloadManagement/Matcher:9170 ResourceStatus:ResourceStatus/ResourceStatus:9160"
+Matcher:WorkloadManagement/Matcher:9170 ResourceStatus:ResourceStatus/ResourceStatus:9160
+FileCatalog:DataManagement/FileCatalog:9197 StorageElement:DataManagement/StorageElement:9148"
 PORTS=$(for s in $SERVICES; do printf '%s ' "${s##*:}"; done)
 
 now() { echo "$EPOCHREALTIME"; }
@@ -106,7 +112,7 @@ wait_ports() { # timeout port...
 }
 
 fingerprint() {
-    { cat "$HERE/lab.sh" "$HERE/lab_cfg.sh" "$HERE/jobagent.py"; echo "$VENV $NS $DBPREFIX $MAXPARAM $JA_POLL $LAB"; } | sha1sum | cut -d' ' -f1
+    { cat "$HERE/lab.sh" "$HERE/lab_cfg.sh" "$HERE/jobagent.py"; echo "$VENV $NS $DBPREFIX $DBUSER $MAXPARAM $JA_POLL $LAB"; } | sha1sum | cut -d' ' -f1
 }
 
 # ------------------------------------------------------------------------------------------------- pieces
@@ -244,9 +250,9 @@ cmd_up() {
     lab_pki > "$LAB/logs/pki.log" 2>&1 || die "PKI failed, see $LAB/logs/pki.log"
     lab_cfg
     mariadb_up
-    local sqldir
-    sqldir=$(ls -d "$VENV"/lib/python3*/site-packages/DIRAC/WorkloadManagementSystem/DB | head -1)
-    lab_db "$sqldir" > "$LAB/logs/db.log" 2>&1 || die "database creation failed, see $LAB/logs/db.log"
+    local diracdir
+    diracdir=$(ls -d "$VENV"/lib/python3*/site-packages/DIRAC | head -1)
+    lab_db "$diracdir" > "$LAB/logs/db.log" 2>&1 || die "database creation failed, see $LAB/logs/db.log"
     netns_up
     say "pki, cfg, databases, netns: $(since "$t") s"
 
@@ -256,8 +262,9 @@ cmd_up() {
 
     t=$(now)
     optimizers_start
-    # sites, CEs and the sandbox SE Active in ResourceStatus (JobScheduling and the sandbox SE need it),
-    # and the user proxy, in parallel
+    # sites, CEs and the SEs Active in ResourceStatus (JobScheduling needs the site, and a StorageElement
+    # object takes its read/write access from ResourceStatus: SE-1 unknown there is not usable), and the
+    # user proxy, in parallel
     local envs=(); mapfile -d '' envs < <(base_env)
     ip netns exec "$NS" env -i "${envs[@]}" "DIRAC_ROOT_PATH=$LAB/server" \
         "$VENV/bin/dirac-rss-sync" --element all --defaultStatus Active > "$LAB/logs/rss-sync.log" 2>&1 &
@@ -411,14 +418,106 @@ cmd_jobagent() {
         start|on) ns_exists || die "lab is not up"; jobagent_start ;;
         stop|off) stop_proc jobagent; say "JobAgent stopped" ;;
         status) if alive jobagent; then echo "running (pid $(pid_of jobagent))"; else echo "stopped"; return 1; fi ;;
-        *) die "usage: lab.sh jobagent start|stop|status" ;;
+        kick) ns_exists || die "lab is not up"; jobagent_kick ;;
+        *) die "usage: lab.sh jobagent start|stop|status|kick" ;;
     esac
+}
+
+# One service of $SERVICES stopped or started, the rest left running (a storage element or catalogue outage).
+cmd_service() {
+    mkdir -p "$LAB/run" "$LAB/logs"
+    local name=${1:-} action=${2:-} s n comp port found=
+    for s in $SERVICES; do
+        IFS=: read -r n comp port <<< "$s"
+        [ "$n" = "$name" ] && { found=1; break; }
+    done
+    [ -n "$found" ] || die "usage: lab.sh service NAME stop|start; NAME one of: $(for s in $SERVICES; do printf '%s ' "${s%%:*}"; done)"
+    case "$action" in
+        stop) stop_proc "$name"; say "$name stopped" ;;
+        start)
+            ns_exists || die "lab is not up"
+            local t; t=$(now)
+            if ! alive "$name"; then
+                if [ "$name" = cs ]; then
+                    spawn cs "Configuration/Server" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" \
+                        "DIRACSYSCONFIG=$LAB/server/etc/cs.cfg" -- "$VENV/bin/dirac-service" Configuration/Server
+                else
+                    spawn "$name" "$comp" "$LAB/server" "DIRAC_ROOT_PATH=$LAB/server" -- "$VENV/bin/dirac-service" "$comp"
+                fi
+            fi
+            wait_ports 90 "$port" || die "$name ($comp, port $port) does not answer, see $LAB/logs/$name.log"
+            say "$name answers: $(since "$t") s" ;;
+        *) die "usage: lab.sh service NAME stop|start" ;;
+    esac
+}
+
+# server_exec CMD...: run CMD inside the netns as the services do (host certificate, server config)
+server_exec() {
+    local envs=(); mapfile -d '' envs < <(base_env)
+    ip netns exec "$NS" env -i "${envs[@]}" "DIRAC_ROOT_PATH=$LAB/server" "$@"
+}
+
+# Change options on the running Configuration Server (CSAPI commit with the host certificate, a
+# CSAdministrator). Every process started afterwards sees them, each job's JobWrapper included; the CS
+# writes them to server/etc/LabConfig.cfg. Options also set in a local dirac.cfg would shadow them.
+cmd_cs_set() {
+    [ $# -gt 0 ] || die "usage: lab.sh cs-set /PATH=VALUE... ('/PATH=' deletes the option)"
+    ns_exists || die "lab is not up"
+    mkdir -p "$LAB/logs"
+    local rc=0
+    server_exec "$VENV/bin/python" - "$@" > "$LAB/logs/cs-set.log" 2>&1 <<'PY' || rc=$?
+import sys
+import DIRAC
+DIRAC.initialize()
+from DIRAC.ConfigurationSystem.Client.CSAPI import CSAPI
+cs = CSAPI()
+for arg in sys.argv[1:]:
+    path, sep, value = arg.partition("=")
+    if not sep or not path.startswith("/"):
+        sys.exit(f"lab: ERROR: not /PATH=VALUE: {arg}")
+    res = cs.delOption(path) if value == "" else cs.setOption(path, value)
+    if not res["OK"]:
+        sys.exit(f"lab: ERROR: {path}: {res['Message']}")
+res = cs.commit()
+if not res["OK"]:
+    sys.exit(f"lab: ERROR: commit: {res['Message']}")
+print("lab: CS: " + ", ".join(sys.argv[1:]))
+PY
+    grep '^lab:' "$LAB/logs/cs-set.log" || true
+    [ $rc = 0 ] || die "cs-set failed, see $LAB/logs/cs-set.log"
+}
+
+# Options as a new client process gets them from the running CS, one "PATH = VALUE" line each.
+cmd_cs_get() {
+    [ $# -gt 0 ] || die "usage: lab.sh cs-get /PATH..."
+    client_exec "$VENV/bin/python" - "$@" <<'PY' 2>&1 | grep '^/'
+import sys
+import DIRAC
+DIRAC.initialize()
+from DIRAC import gConfig
+for path in sys.argv[1:]:
+    print(f"{path} = {gConfig.getValue(path, '')}")
+PY
+}
+
+# Restart the JobAgent once it runs no job (its payloads are its children): a fresh agent, a fresh
+# configuration, no idle back-off. Waits up to 300 s for a running job to end.
+jobagent_kick() {
+    if alive jobagent; then
+        local pid i; pid=$(pid_of jobagent)
+        for i in $(seq 1 600); do
+            [ -z "$(ps -o pid= --ppid "$pid" 2>/dev/null)" ] && break
+            sleep 0.5
+        done
+        stop_proc jobagent > /dev/null
+    fi
+    jobagent_start
 }
 
 # up, down, wan and jobagent run one at a time per lab. The lock is held by flock(1) itself (-o: not
 # passed on), so the daemons started here (and MariaDB) do not inherit it.
 case "${1:-}" in
-    up|down|wan|jobagent|services)
+    up|down|wan|jobagent|services|service)
         if [ -z "${_LAB_LOCKED:-}" ]; then
             mkdir -p "$LAB/run"
             export _LAB_LOCKED=1
@@ -435,7 +534,10 @@ case "${1:-}" in
     wan) shift; cmd_wan "$@" ;;
     jobagent) shift; cmd_jobagent "$@" ;;
     services) shift; cmd_services "$@" ;;
+    service) shift; cmd_service "$@" ;;
+    cs-set) shift; cmd_cs_set "$@" ;;
+    cs-get) shift; cmd_cs_get "$@" ;;
     kill-waiting) cmd_kill_waiting ;;
     logs) ls -l "$LAB/logs" ;;
-    *) sed -n "2,18p" "$0" | sed "s/^# \{0,1\}//"; exit 2 ;;
+    *) sed -n "2,23p" "$0" | sed "s/^# \{0,1\}//"; exit 2 ;;
 esac

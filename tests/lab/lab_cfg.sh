@@ -1,5 +1,5 @@
 # Sourced by lab.sh: PKI, DIRAC configuration files and MariaDB databases of the lab.
-# Expects LAB, VENV, DBPREFIX, DBPASS, MAXPARAM, JA_POLL to be set.
+# Expects LAB, VENV, DBPREFIX, DBUSER, DBPASS, MAXPARAM, JA_POLL to be set.
 #
 # Layout under $LAB:
 #   pki/                   CA (pki/ca), certificates/ (CA dir for X509_CERT_DIR), host cert, user cert, proxy.pem
@@ -9,6 +9,7 @@
 #   client/etc/dirac.cfg   client config: only where the CS is; identity = X509_USER_PROXY
 #   pilot/etc/dirac.cfg    JobAgent ("local pilot") config: client config + LocalSite + agent options
 #   storage/sandboxes      SandboxStore files
+#   storage/SE-1           the StorageElement's files (SE-1's BasePath: a replica of LFN /x/y is storage/SE-1/x/y)
 
 # ---------------------------------------------------------------------------------------------- PKI
 lab_pki() {
@@ -88,10 +89,13 @@ CNF
 
 # ---------------------------------------------------------------------------------------------- cfg
 CS_URL=dips://localhost:9135/Configuration/Server
+SE_PATH=$LAB/storage/SE-1
+# DIRAC's default (JobWrapper.py), bytes of the bz2-compressed output sandbox; tests lower it on the running CS
+OSB_LIMIT_DEFAULT=10485760
 
 lab_cfg() {
     local S=$LAB/server/etc
-    mkdir -p "$S" "$LAB/client/etc" "$LAB/pilot/etc" "$LAB/pilot/work" "$LAB/storage/sandboxes" "$LAB/logs" "$LAB/run"
+    mkdir -p "$S" "$LAB/client/etc" "$LAB/pilot/etc" "$LAB/pilot/work" "$LAB/storage/sandboxes" "$SE_PATH" "$LAB/logs" "$LAB/run"
 
     # --- served by the Configuration Server (every client sees this: no secrets, no certificate paths)
     cat > "$S/LabConfig.cfg.new" <<CFG
@@ -295,6 +299,12 @@ Systems
       {
       }
     }
+    JobWrapper
+    {
+      # Only here, in the served configuration: an option in a local dirac.cfg shadows the CS, and tests
+      # change this one on the running CS (lab.sh cs-set). Each job's JobWrapper reads it when it starts.
+      OutputSandboxLimit = $OSB_LIMIT_DEFAULT
+    }
     URLs
     {
       JobManager = dips://localhost:9132/WorkloadManagement/JobManager
@@ -303,6 +313,58 @@ Systems
       SandboxStore = dips://localhost:9196/WorkloadManagement/SandboxStore
       OptimizationMind = dips://localhost:9175/WorkloadManagement/OptimizationMind
       Matcher = dips://localhost:9170/WorkloadManagement/Matcher
+    }
+  }
+  DataManagement
+  {
+    Databases
+    {
+      FileCatalogDB
+      {
+        DBName = ${DBPREFIX}FileCatalogDB
+      }
+    }
+    Services
+    {
+      FileCatalog
+      {
+        Port = 9197
+        # DIRAC's defaults (DataManagementSystem/ConfigTemplate.cfg), which FileCatalogDB.sql matches
+        UserGroupManager = UserAndGroupManagerDB
+        SEManager = SEManagerDB
+        SecurityManager = NoSecurityManager
+        DirectoryManager = DirectoryLevelTree
+        FileManager = FileManager
+        UniqueGUID = False
+        GlobalReadAccess = True
+        LFNPFNConvention = Strong
+        ResolvePFN = True
+        DefaultUmask = 509
+        VisibleStatus = AprioriGood
+        Authorization
+        {
+          Default = authenticated
+        }
+      }
+      StorageElement
+      {
+        Port = 9148
+        BasePath = $SE_PATH
+        MaxStorageSize = 0
+        Authorization
+        {
+          Default = authenticated
+          FileTransfer
+          {
+            Default = authenticated
+          }
+        }
+      }
+    }
+    URLs
+    {
+      FileCatalog = dips://localhost:9197/DataManagement/FileCatalog
+      StorageElement = dips://localhost:9148/DataManagement/StorageElement
     }
   }
 }
@@ -315,6 +377,7 @@ Resources
       DIRAC.Lab.local
       {
         Name = LabSite
+        SE = SE-1
         CE = localhost.ce
         CEs
         {
@@ -352,6 +415,38 @@ Resources
         Access = remote
       }
     }
+    # The lab's grid storage: DataManagement/StorageElement through DIRAC's DIP plugin (no gfal2).
+    # A file of LFN /labvo/user/l/labuser/... is $SE_PATH/labvo/user/l/labuser/...
+    SE-1
+    {
+      BackendType = DISET
+      SEType = T0D1
+      DIP
+      {
+        PluginName = DIP
+        Host = localhost
+        Port = 9148
+        Protocol = dips
+        Path = /DataManagement/StorageElement
+        Access = remote
+      }
+    }
+  }
+  StorageElementGroups
+  {
+    # the JobWrapper's default output SE (setOutputData without outputSE, and oversized sandboxes)
+    SE-USER = SE-1
+  }
+  FileCatalogs
+  {
+    FileCatalog
+    {
+      CatalogType = FileCatalog
+      CatalogURL = DataManagement/FileCatalog
+      AccessType = Read-Write
+      Status = Active
+      Master = True
+    }
   }
 }
 Operations
@@ -375,6 +470,19 @@ Operations
       WriteProtocols = dips, file
       RegistrationProtocols = dips, file
       ThirdPartyProtocols = dips, file
+    }
+    Services
+    {
+      Catalogs
+      {
+        CatalogList = FileCatalog
+        FileCatalog
+        {
+          AccessType = Read-Write
+          Status = Active
+          Master = True
+        }
+      }
     }
     Pilot
     {
@@ -414,7 +522,8 @@ Systems
 {
   Databases
   {
-    User = dirac
+    # the lab's own account (lab_db), never the 'dirac' account other DIRAC installations may use
+    User = $DBUSER
     Password = $DBPASS
     # 'localhost': mysqlclient uses the unix socket, so the services inside the network namespace
     # reach the MariaDB server of the root namespace
@@ -547,7 +656,7 @@ CFG
 }
 
 # ---------------------------------------------------------------------------------------------- DBs
-LAB_DBS="JobDB JobLoggingDB TaskQueueDB SandboxMetadataDB PilotAgentsDB ResourceStatusDB ResourceManagementDB"
+LAB_DBS="JobDB JobLoggingDB TaskQueueDB SandboxMetadataDB PilotAgentsDB ResourceStatusDB ResourceManagementDB FileCatalogDB"
 
 mariadb_up() {
     mysqladmin ping >/dev/null 2>&1 && return 0
@@ -559,21 +668,24 @@ mariadb_up() {
     echo "MariaDB does not answer" >&2; return 1
 }
 
-# (Re)create the lab's databases, empty, from DIRAC's own schema files.
+# (Re)create the lab's databases, empty, from DIRAC's own schema files ($1: the DIRAC package directory),
+# and the lab's own MariaDB account $DBUSER (default <DBPREFIX>dirac), granted only this lab's databases.
+# The account 'dirac' is never created nor changed: other DIRAC installations on the machine may use it.
 lab_db() {
-    local sqldir=$1 db d
+    local diracdir=$1 db d
     {
-        echo "CREATE USER IF NOT EXISTS 'dirac'@'localhost' IDENTIFIED BY '$DBPASS';"
-        echo "ALTER USER 'dirac'@'localhost' IDENTIFIED BY '$DBPASS';"
+        echo "CREATE USER IF NOT EXISTS '$DBUSER'@'localhost' IDENTIFIED BY '$DBPASS';"
+        echo "ALTER USER '$DBUSER'@'localhost' IDENTIFIED BY '$DBPASS';"
         for db in $LAB_DBS; do
             d=${DBPREFIX}$db
-            echo "DROP DATABASE IF EXISTS \`$d\`; CREATE DATABASE \`$d\`; GRANT ALL PRIVILEGES ON \`$d\`.* TO 'dirac'@'localhost';"
+            echo "DROP DATABASE IF EXISTS \`$d\`; CREATE DATABASE \`$d\`; GRANT ALL PRIVILEGES ON \`$d\`.* TO '$DBUSER'@'localhost';"
         done
         echo "FLUSH PRIVILEGES;"
-        # each lab holds about 40 connections; the default 151 runs out with a few labs side by side
+        # each lab holds about 50 connections; the default 151 runs out with a few labs side by side
         echo "SET GLOBAL max_connections = GREATEST(@@max_connections, 1000);"
         for db in JobDB JobLoggingDB TaskQueueDB SandboxMetadataDB PilotAgentsDB; do
-            sed "s/^USE $db;/USE \`${DBPREFIX}$db\`;/" "$sqldir/$db.sql"
+            sed "s/^USE $db;/USE \`${DBPREFIX}$db\`;/" "$diracdir/WorkloadManagementSystem/DB/$db.sql"
         done
+        sed "s/^USE FileCatalogDB;/USE \`${DBPREFIX}FileCatalogDB\`;/" "$diracdir/DataManagementSystem/DB/FileCatalogDB.sql"
     } | mysql -uroot
 }

@@ -155,22 +155,28 @@ def test_the_parametric_example_is_three_jobs(run_grid):
 
 
 def test_local_jobs_each_run_with_their_own_value_and_resubmit_alone(batch, run_grid):
-    write(batch / "jobs.py", ECHO)
+    write(batch / "jobs.py", """
+j = Job()
+j.setName("p-%(v)s")
+j.setExecutable("expr", arguments="%(v)s - 2")         # prints 0 and exits 1 for #2
+j.setParameterSequence("v", ["1", "2", "3"])
+submit(j)
+""")
     result = run_grid("submit", "--backend", "local", *FAST, "jobs.py")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == grid.EXIT_JOBS_FAILED, result.stdout + result.stderr     # #2 fails
     jobs = status(run_grid)["jobs"]
-    assert [job["output"] for job in jobs] == [f"succeeded/0000{n}_p-{n}" for n in (1, 2, 3)]
-    assert [log_of(batch, job).split("\n\n", 1)[1].strip() for job in jobs] == ["1", "2", "3"]
+    assert [job["output"] for job in jobs] == ["succeeded/00001_p-1", "failed/00002_p-2", "succeeded/00003_p-3"]
+    assert [log_of(batch, job).split("\n\n", 1)[1].strip() for job in jobs] == ["-1", "0", "1"]
     assert len({job["id"] for job in jobs}) == 3
 
     result = run_grid("resubmit", *FAST, "2")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == grid.EXIT_JOBS_FAILED, result.stdout + result.stderr
     after = status(run_grid)["jobs"]
     assert [job["attempts"] for job in after] == [1, 2, 1]
     assert [job["id"] for job in after][::2] == [job["id"] for job in jobs][::2]
     assert after[1]["id"] not in {job["id"] for job in jobs}
-    assert log_of(batch, after[1]).split("\n\n", 1)[1].strip() == "2"
-    assert len(list((batch / ".grid" / "local").iterdir())) == 4        # one new local job, not three
+    assert log_of(batch, after[1]).split("\n\n", 1)[1].strip() == "0"       # its own value, alone
+    assert len([p for p in (batch / ".grid" / "local").iterdir() if p.name.isdigit()]) == 4
 
 
 # -- the engine: a sequence is one bundle, exactly once --------------------------------------------

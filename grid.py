@@ -18,12 +18,13 @@ A directory is a batch. From a fresh one:
     python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
     python grid.py failures | why 3 | logs 3 failed jobs grouped by reason; one job; its stdout
     python grid.py export --csv - | list     every stored field per job; the batches under here
+    python grid.py report                    the batch as one HTML page with plots (report.html)
 
 Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
 
 Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors, Statuses, Jobs,
-Store, Job files, Backends, Downloads, Engine, Display, Commands, main.
+Store, Job files, Backends, Downloads, Batch, Engine, Display, Report, Commands, main.
 """
 
 import os
@@ -74,6 +75,7 @@ def patch_all_once_looked_up() -> None:
 patch_all_once_looked_up()
 
 import argparse  # noqa: E402  (after monkey patching, on purpose)
+import bisect  # noqa: E402
 import collections  # noqa: E402
 import contextlib  # noqa: E402
 import csv  # noqa: E402
@@ -186,6 +188,16 @@ RATE_WINDOW = 300.0                  # seconds of finished jobs the live footer'
 CREATE_CHUNK = 1000                  # jobs per write while a new batch is written
 STORE_FORMAT = 2                     # 1: job records as JSON objects (0.1.0); 2: marshal'd tuples
 NEW_DB_PREFIX = "new-db-"            # .grid/new-db-<pid>: a batch being created, moved to .grid/db when whole
+REPORT_FILE = "report.html"          # `grid report`'s page, in the batch directory
+REPORT_EVERY = 60.0                  # seconds between rewrites of the page by `watch --report`
+REPORT_TIMEOUT = 600.0               # seconds `watch --report` gives one page before it stops waiting
+REPORT_TIME_BINS = 120               # intervals of the plots over time
+REPORT_TABLE_ROWS = 30               # rows of the table under the plot over time
+REPORT_DURATION_BINS = 24            # bins of the waiting and running time distributions
+REPORT_SHORTEST = 0.1                # seconds: shorter waits and runs are counted in the first bin
+REPORT_SITES = 25                    # the busiest sites drawn (the table under the plot has every site)
+REPORT_SITE_REASONS = 3              # failure reasons listed per site
+REPORT_RATE_WINDOW = 3600.0          # seconds of ended attempts that the estimated time left looks at
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_JOBFILE, EXIT_BATCH, EXIT_BACKEND = 0, 1, 2, 3, 4, 5
 EXIT_JOBS_FAILED = 6                 # watched to the end (or to --exit-when), and not every job is Done
@@ -504,6 +516,21 @@ def exit_code(job: Job) -> Optional[int]:
     """The exit status of the step that failed, when the application status tells it."""
     match = EXIT_STATUS_PATTERN.search(job.app)
     return int(match.group(1)) if match else None
+
+
+def failure_groups(jobs: Iterable[Job]) -> list[tuple[str, list[Job]]]:
+    """Failed jobs by failure_reason, the biggest group first."""
+    groups: dict[str, list[Job]] = {}
+    for job in sorted(jobs, key=lambda j: j.num):
+        if is_failed(job.status):
+            groups.setdefault(failure_reason(job), []).append(job)
+    return sorted(groups.items(), key=lambda group: (-len(group[1]), group[0]))
+
+
+def site_counts(jobs: list[Job]) -> dict[str, int]:
+    """Jobs per site, the most frequent first ('-' for jobs that never reached one)."""
+    counts = collections.Counter(job.site or "-" for job in jobs)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def exit_meaning(code: int) -> str:
@@ -3077,9 +3104,10 @@ class Engine:
     def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
                  parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
                  download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
-                 exit_when: str = "all-final") -> None:
+                 exit_when: str = "all-final", on_tick: Optional[Callable[[], None]] = None) -> None:
         self.batch = Batch(store, batch_dir, display, retries, exit_when)
         self.backend, self.display, self.batch_dir = backend, display, batch_dir
+        self.on_tick = on_tick                       # called every REPORT_EVERY s while watching
         self.parallel, self.download_parallel = parallel, download_parallel
         self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
         self.stopping = gevent.event.Event()
@@ -3111,6 +3139,8 @@ class Engine:
                    gevent.spawn(self.calls.watch_proxy, lambda: self.batch.jobs_in_progress)]
         if watch:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
+        if watch and self.on_tick:
+            workers.append(gevent.spawn(self.tick))
         for worker in workers:
             worker.link_exception(self._crashed)
         handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
@@ -3130,6 +3160,13 @@ class Engine:
         if self.crash:
             raise self.crash
         return self.batch.jobs
+
+    def tick(self) -> None:
+        """on_tick at the start, every REPORT_EVERY s, and once more when the run ends."""
+        self.on_tick()
+        while not self.stopping.wait(REPORT_EVERY):
+            self.on_tick()
+        self.on_tick()
 
     def _crashed(self, greenlet: gevent.Greenlet) -> None:
         self.crash = greenlet.exception
@@ -3424,6 +3461,11 @@ def clock(when: Optional[float]) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when or time.time()))
 
 
+def when(stamp: float) -> str:
+    """A unix time as local date and time, or '-' when unknown."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
 # ==================================================================================================
 # Display
 # ==================================================================================================
@@ -3619,6 +3661,571 @@ def make_display(json_lines: bool = False, out: Any = None) -> Display:
 
 
 # ==================================================================================================
+# Report
+# ==================================================================================================
+# `grid report` draws the batch as one HTML page that needs nothing beside it: no network, no
+# other file. Plots are drawn with matplotlib as SVG and written into the page; each has its
+# numbers in a table under it (for screen readers, and for programs: every number sits in a data-*
+# attribute). Everything is aggregated before it is drawn (per time bin, per site, per reason, per
+# number of attempts), so the page of 100,000 jobs is as small as that of ten. matplotlib is
+# imported here only, when a page is drawn: no other command starts slower for it.
+
+@dataclass(slots=True)
+class TimeBins:
+    """Equal intervals from the batch's start to now (or to its last event, once it is over)."""
+
+    start: float
+    width: float
+    count: int
+
+    def index(self, stamp: float) -> int:
+        return min(self.count - 1, max(0, int((stamp - self.start) / self.width)))
+
+    def edges(self) -> list[float]:
+        return [self.start + i * self.width for i in range(self.count + 1)]
+
+
+@dataclass(slots=True)
+class Timeline:
+    """The batch over time: jobs per summary column at the end of each bin, and attempts that ended
+    (Done, or failed) in each bin; `recent` counts the attempts that ended in the last hour."""
+
+    columns: list
+    done: list
+    failed: list
+    recent: int = 0
+
+
+@dataclass(slots=True)
+class Distribution:
+    """How long attempts took, as counts in bins growing geometrically (grid times span seconds
+    to days), with the median, the 90th percentile and the longest."""
+
+    edges: list
+    counts: list
+    median: float = 0.0
+    p90: float = 0.0
+    longest: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+@dataclass(slots=True)
+class SiteRow:
+    site: str
+    done: int
+    failed: int
+    reasons: list                                # [(reason, jobs)], the most frequent first
+
+
+@dataclass(slots=True)
+class ReasonRow:
+    """A failure reason's retries: attempts that failed with it and were tried again, jobs whose
+    latest attempt failed with it (not tried again: retries used up or not asked for), jobs that
+    failed with it once and are Done now, and whether it fails everywhere (not retried by itself)."""
+
+    reason: str
+    retried: int
+    stopped: int
+    recovered: int
+    everywhere: bool
+
+
+@dataclass
+class BatchPicture:
+    """What the report shows, aggregated: its size depends on bins, sites and reasons, not on jobs."""
+
+    meta: dict
+    now: float
+    counts: list
+    facts: list                                  # [(key, label, value as text)]
+    running: bool                                # some job is not final yet
+    bins: TimeBins
+    timeline: Timeline
+    rate: Optional[float]                        # attempts ending per second lately, while running
+    left: Optional[float]                        # estimated seconds until every job is final
+    waiting: Distribution
+    running_times: Distribution
+    sites: list
+    attempts: list                               # [(attempts, done, failed, not final)]
+    reasons: list
+
+
+def picture_batch(meta: dict, jobs: list[Job], batch_dir: Path, now: float) -> BatchPicture:
+    """Aggregate a snapshot of the batch for its report."""
+    counts = column_counts(job.status for job in jobs)
+    running = any(not is_final(job.status) for job in jobs)
+    bins = time_bins(meta, jobs, now, running)
+    timeline = job_timeline(jobs, bins, now - REPORT_RATE_WINDOW)
+    rate, left = time_left(jobs, timeline.recent, bins.start, now) if running else (None, None)
+    waits, runs = attempt_times(jobs)
+    return BatchPicture(meta=meta, now=now, counts=counts, facts=batch_facts(meta, jobs, batch_dir),
+                        running=running, bins=bins, timeline=timeline, rate=rate, left=left,
+                        waiting=distribution(waits), running_times=distribution(runs),
+                        sites=site_rows(jobs), attempts=attempt_rows(jobs), reasons=reason_rows(jobs))
+
+
+def time_bins(meta: dict, jobs: list[Job], now: float, running: bool) -> TimeBins:
+    first = min((job.history[0][1] for job in jobs if job.history), default=now)
+    start = min(meta.get("created") or first, first)
+    end = now if running else max((job.history[-1][1] for job in jobs if job.history), default=now)
+    return TimeBins(start, max(end - start, 1.0) / REPORT_TIME_BINS, REPORT_TIME_BINS)
+
+
+def job_timeline(jobs: list[Job], bins: TimeBins, recent_since: float) -> Timeline:
+    """From every job's history (a status and its time per change): each change moves the job from
+    one column to another in its bin; the sums of the moves up to a bin are the columns' counts.
+    (Half a million changes for 100,000 jobs: the loop body is kept to plain look-ups.)"""
+    moves = [[0] * bins.count for _ in COLUMNS]
+    timeline = Timeline(columns=[], done=[0] * bins.count, failed=[0] * bins.count)
+    index, column = bins.index, COLUMN_OF.get
+    for job in jobs:
+        before, was_final = -1, False
+        for status, stamp in job.history or [[job.status, bins.start]]:
+            at, now_in, final = index(stamp), column(status, 1), status in FINAL
+            if before >= 0:
+                moves[before][at] -= 1
+            moves[now_in][at] += 1
+            if final and not was_final:
+                (timeline.done if status == DONE else timeline.failed)[at] += 1
+                timeline.recent += stamp >= recent_since
+            before, was_final = now_in, final
+    timeline.columns = [list(itertools.accumulate(moved)) for moved in moves]
+    return timeline
+
+
+def time_left(jobs: list[Job], recent: int, start: float, now: float) -> tuple[Optional[float], Optional[float]]:
+    """The rate at which attempts ended over the last hour (or since the start, if sooner), and the
+    time the jobs not final yet need at that rate; None while nothing has ended."""
+    span = now - max(start, now - REPORT_RATE_WINDOW)
+    if not recent or span < 1:
+        return None, None
+    rate = recent / span
+    return rate, sum(1 for job in jobs if not is_final(job.status)) / rate
+
+
+def attempt_times(jobs: list[Job]) -> tuple[list[float], list[float]]:
+    """Seconds each attempt waited (accepted by the server, or rescheduled, until Running) and ran
+    (Running until final). A step no status sweep saw (Waiting straight to Done) is left out."""
+    waits: list[float] = []
+    runs: list[float] = []
+    running_column = column_of(RUNNING)
+    for job in jobs:
+        since = started = None
+        for status, stamp in job.history:
+            if status == SUBMITTING:
+                since = started = None
+            elif is_final(status):
+                if started is not None:
+                    runs.append(stamp - started)
+                since = started = None
+            elif column_of(status) == running_column:
+                if started is None and since is not None:
+                    waits.append(stamp - since)
+                started = started if started is not None else stamp
+            elif since is None or status == RESCHEDULED:
+                since, started = stamp, None
+    return waits, runs
+
+
+def distribution(values: list[float]) -> Distribution:
+    if not values:
+        return Distribution(edges=[], counts=[])
+    values.sort()
+    low = max(values[0], REPORT_SHORTEST)
+    high = max(values[-1], low * 2)
+    edges = [low * (high / low) ** (i / REPORT_DURATION_BINS) for i in range(REPORT_DURATION_BINS + 1)]
+    counts = [0] * REPORT_DURATION_BINS
+    for value in values:
+        counts[min(REPORT_DURATION_BINS - 1, max(0, bisect.bisect_right(edges, value) - 1))] += 1
+    return Distribution(edges=edges, counts=counts, median=quantile(values, 0.5), p90=quantile(values, 0.9),
+                        longest=values[-1])
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, interpolated between the two nearest."""
+    position = q * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+
+def site_rows(jobs: list[Job]) -> list[SiteRow]:
+    """Done and failed jobs per site, the busiest first, each with its failure reasons: the groups of
+    `grid failures`, split by site."""
+    done = collections.Counter(job.site or "-" for job in jobs if job.status == DONE)
+    reasons: dict[str, list] = {}
+    for reason, members in failure_groups(jobs):
+        for site, count in site_counts(members).items():
+            reasons.setdefault(site, []).append((reason, count))
+    rows = [SiteRow(site, done[site], sum(n for _, n in reasons.get(site, [])),
+                    sorted(reasons.get(site, []), key=lambda item: (-item[1], item[0])))
+            for site in set(done) | set(reasons)]
+    return sorted(rows, key=lambda row: (-(row.done + row.failed), row.site))
+
+
+def attempt_rows(jobs: list[Job]) -> list[tuple[int, int, int, int]]:
+    """(attempts, done, failed, not final) per number of attempts the jobs needed so far."""
+    rows: dict[int, list[int]] = {}
+    for job in jobs:
+        row = rows.setdefault(job.attempts, [0, 0, 0])
+        row[0 if job.status == DONE else 1 if job.failed else 2] += 1
+    return [(attempts, *rows[attempts]) for attempts in sorted(rows)]
+
+
+def reason_rows(jobs: list[Job]) -> list[ReasonRow]:
+    """Every reason an attempt failed for, with what became of the jobs it hit."""
+    retried = collections.Counter(attempt["reason"] for job in jobs for attempt in job.past if attempt["reason"])
+    recovered = collections.Counter(reason for job in jobs if job.status == DONE
+                                    for reason in {attempt["reason"] for attempt in job.past} if reason)
+    stopped = {reason: len(members) for reason, members in failure_groups(jobs)}
+    stats = AttemptStats(jobs)
+    rows = [ReasonRow(reason, retried[reason], stopped.get(reason, 0), recovered[reason],
+                      stats.systematic(reason)) for reason in set(retried) | set(stopped)]
+    return sorted(rows, key=lambda row: (-(row.retried + row.stopped), row.reason))
+
+
+def batch_facts(meta: dict, jobs: list[Job], batch_dir: Path) -> list[tuple[str, str, str]]:
+    final = sum(1 for job in jobs if is_final(job.status) and job.submitted)
+    outputs = sum(1 for job in jobs if job.output)
+    files = ", ".join(os.path.basename(path) for path in meta.get("jobfiles", [])) or "-"
+    return [("tag", "batch", meta.get("tag", "-")), ("backend", "backend", meta.get("backend", "-")),
+            ("created", "created", when(meta.get("created") or 0)), ("jobfiles", "job files", files),
+            ("jobs", "jobs", str(len(jobs))), ("attempts", "attempts", str(sum(job.attempts for job in jobs))),
+            ("outputs", "outputs downloaded", f"{outputs} of {final} final"),
+            ("size", "size of the outputs", byte_size(outputs_size(batch_dir))),
+            ("database", "size of the database", byte_size(folder_size(batch_dir / STATE_DIR / "db")))]
+
+
+def outputs_size(batch_dir: Path) -> int:
+    return sum(folder_size(batch_dir / name) for name in (SUCCEEDED_DIR, FAILED_DIR, RETRIED_DIR))
+
+
+def folder_size(path: Path) -> int:
+    """Bytes of the files under a folder (links not followed); 0 if there is none."""
+    total = 0
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(folder, name)).st_size
+    return total
+
+
+def byte_size(count: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1000
+    return ""
+
+
+# -- the plots: matplotlib figures written as SVG ---------------------------------------------------
+
+COLUMN_COLORS = ("#b0b0b0", "#9ecae1", "#fdae6b", "#bcbddc", "#3182bd", "#31a354", "#de2d26")
+DONE_COLOR, FAILED_COLOR, OPEN_COLOR = COLUMN_COLORS[5], COLUMN_COLORS[6], COLUMN_COLORS[4]
+PLOT_STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+              "axes.grid": True, "grid.alpha": 0.3, "legend.frameon": False, "figure.dpi": 72}
+NICE_SECONDS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 6 * 3600,
+                12 * 3600, 86400, 2 * 86400, 7 * 86400)   # where the time axes may have ticks
+
+
+def report_plots(picture: BatchPicture) -> dict[str, str]:
+    """Each plot of the page as SVG text, by section name."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise GridError("`grid report` draws its plots with matplotlib, which is not installed",
+                        "install it: pip install 'matplotlib>=3.7' (or pip install '.[report]' in grid.py's "
+                        "folder)") from None
+    matplotlib.use("Agg")                        # never a window, whatever the environment says
+    from matplotlib.figure import Figure
+
+    plots = {"timeline": plot_timeline, "throughput": plot_throughput, "durations": plot_durations,
+             "sites": plot_sites, "attempts": plot_attempts}
+    with matplotlib.rc_context(PLOT_STYLE):
+        return {name: svg_text(draw(Figure(figsize=(9, 3.2), layout="constrained"), picture))
+                for name, draw in plots.items()}
+
+
+def svg_text(figure: Any) -> str:
+    """The figure as an <svg> element for the page: no XML prolog, no metadata, no namespaces
+    (the HTML parser knows SVG), so the page holds no address of any kind."""
+    out = io.StringIO()
+    figure.savefig(out, format="svg", metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
+    text = out.getvalue()
+    text = text[text.index("<svg"):]
+    return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", text, count=2)
+
+
+def bin_times(picture: BatchPicture) -> list:
+    return [datetime.datetime.fromtimestamp(stamp) for stamp in picture.bins.edges()]
+
+
+def date_axis(axes: Any) -> None:
+    import matplotlib.dates
+    locator = matplotlib.dates.AutoDateLocator()
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
+
+
+def plot_timeline(figure: Any, picture: BatchPicture) -> Any:
+    axes = figure.subplots()
+    axes.stackplot(bin_times(picture)[1:], *picture.timeline.columns, labels=COLUMN_NAMES,
+                   colors=COLUMN_COLORS, step="pre")
+    axes.set_ylabel("jobs")
+    axes.set_title("jobs in each column of the summary, over time", loc="left")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    date_axis(axes)
+    return figure
+
+
+def plot_throughput(figure: Any, picture: BatchPicture) -> Any:
+    import matplotlib.dates
+    axes = figure.subplots()
+    edges = matplotlib.dates.date2num(bin_times(picture))     # stairs: one shape per colour, not a bar per bin
+    done, failed = picture.timeline.done, picture.timeline.failed
+    axes.stairs(done, edges, fill=True, color=DONE_COLOR, label="Done")
+    axes.stairs([d + f for d, f in zip(done, failed)], edges, baseline=done, fill=True, color=FAILED_COLOR,
+                label="failed")
+    axes.xaxis_date()
+    axes.set_ylabel("attempts")
+    axes.set_title(f"attempts that ended, per {duration(picture.bins.width)}", loc="left")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    date_axis(axes)
+    return figure
+
+
+def plot_durations(figure: Any, picture: BatchPicture) -> Any:
+    for axes, (title, spread, color) in zip(figure.subplots(1, 2), (
+            ("waiting: accepted to Running", picture.waiting, COLUMN_COLORS[2]),
+            ("running: Running to final", picture.running_times, OPEN_COLOR))):
+        axes.set_title(title, loc="left")
+        axes.set_ylabel("attempts")
+        if not spread.counts:
+            axes.text(0.5, 0.5, "no attempt seen yet", ha="center", va="center", transform=axes.transAxes)
+            continue
+        axes.stairs(spread.counts, spread.edges, fill=True, color=color)
+        axes.set_xscale("log")
+        ticks = [s for s in NICE_SECONDS if spread.edges[0] <= s <= spread.edges[-1]] or \
+            [spread.edges[0], spread.edges[-1]]
+        ticks = ticks[::-(-len(ticks) // 7)]              # seven at most
+        axes.set_xticks(ticks, [seconds_text(s) for s in ticks])
+        axes.minorticks_off()
+        axes.axvline(spread.median, color="black", linewidth=1, linestyle="--")
+    return figure
+
+
+def plot_sites(figure: Any, picture: BatchPicture) -> Any:
+    rows = picture.sites[:REPORT_SITES]
+    figure.set_figheight(1.2 + 0.28 * max(len(rows), 1))
+    axes = figure.subplots()
+    names = [row.site for row in rows][::-1]
+    done = [row.done for row in rows][::-1]
+    axes.barh(names, done, color=DONE_COLOR, label="Done")
+    axes.barh(names, [row.failed for row in rows][::-1], left=done, color=FAILED_COLOR, label="failed")
+    axes.set_xlabel("jobs")
+    busiest = f" (the {len(rows)} busiest of {len(picture.sites)}; all in the table)" \
+        if len(rows) < len(picture.sites) else ""
+    axes.set_title(f"final jobs per site{busiest}", loc="left")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return figure
+
+
+def plot_attempts(figure: Any, picture: BatchPicture) -> Any:
+    axes = figure.subplots()
+    labels = [str(attempts) for attempts, *_ in picture.attempts]
+    done, failed, open_ = ([row[i] for row in picture.attempts] for i in (1, 2, 3))
+    axes.bar(labels, done, width=0.5, color=DONE_COLOR, label="Done")
+    axes.bar(labels, failed, width=0.5, bottom=done, color=FAILED_COLOR, label="failed")
+    axes.bar(labels, open_, width=0.5, bottom=[d + f for d, f in zip(done, failed)], color=OPEN_COLOR,
+             label="not final")
+    axes.set_xlabel("attempts (submissions accepted by the server)")
+    axes.set_ylabel("jobs")
+    axes.set_title("attempts per job", loc="left")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return figure
+
+
+def seconds_text(seconds: float) -> str:
+    """Tick labels: '0.5 s', '10 s', '10 min', '6 h', '1 d'."""
+    if seconds < 60:
+        return f"{seconds:.2g} s"
+    if seconds >= 86400:
+        return f"{seconds / 86400:.3g} d"
+    return f"{seconds / 3600:.3g} h" if seconds >= 3600 else f"{seconds / 60:.3g} min"
+
+
+def throughput_text(picture: BatchPicture) -> str:
+    ended = sum(picture.timeline.done) + sum(picture.timeline.failed)
+    if not picture.running:
+        return f"{ended} attempt(s) ended; every job is final"
+    if picture.left is None:
+        return f"{ended} attempt(s) ended; time left: not known until attempts end"
+    return (f"{picture.rate * 3600:.1f} attempts/h lately; estimated time left {duration(picture.left)} "
+            f"(until {when(picture.now + picture.left)})")
+
+
+# -- the page ----------------------------------------------------------------------------------------
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 72em; padding: 0 1em; color: #222; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+pre.summary { font-size: 1.1em; background: #f4f4f4; padding: .5em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .15em .7em; text-align: left; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; } tr:nth-child(even) { background: #f7f7f7; }
+figure { margin: .5em 0; } figure svg { max-width: 100%; height: auto; }
+figcaption, .note { color: #555; font-size: .9em; } details { margin: .3em 0 1em; }
+"""
+
+
+def report_page(picture: BatchPicture) -> str:
+    """The whole page; while the batch runs it reloads itself every minute."""
+    from html import escape
+    plots = report_plots(picture)
+    tag = escape(picture.meta.get("tag", "batch"))
+    refresh = f'<meta http-equiv="refresh" content="{REPORT_EVERY:.0f}">' if picture.running else ""
+    sections = [summary_section(picture), timeline_section(picture, plots["timeline"]),
+                throughput_section(picture, plots["throughput"]), durations_section(picture, plots["durations"]),
+                sites_section(picture, plots["sites"]), attempts_section(picture, plots["attempts"])]
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n{refresh}'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>grid.py report: {tag}</title>\n<style>{PAGE_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>Batch {tag}</h1>\n<p class=\"note\">as of {when(picture.now)}; written by grid.py "
+            f"{__version__} (<code>grid report</code>)</p>\n" + "\n".join(sections) + "\n</body>\n</html>\n")
+
+
+def table_html(head: list[str], rows: list[list[str]], numeric: set[int], attrs: list[str] = None,
+               caption: str = "") -> str:
+    """A table of text cells (already escaped); numeric columns are right-aligned."""
+    def cells(tag: str, values: list[str]) -> str:
+        return "".join(f'<{tag}{" class=n" if i in numeric else ""}>{v}</{tag}>' for i, v in enumerate(values))
+    body = "".join(f"<tr{(' ' + attrs[i]) if attrs else ''}>{cells('td', row)}</tr>\n" for i, row in enumerate(rows))
+    caption = f"<caption>{caption}</caption>" if caption else ""
+    return f"<table>{caption}<thead><tr>{cells('th', head)}</tr></thead>\n<tbody>\n{body}</tbody></table>"
+
+
+def figure_html(svg: str, label: str, caption: str) -> str:
+    from html import escape
+    return (f'<figure role="img" aria-label="{escape(label)}">\n{svg}\n'
+            f"<figcaption>{caption}</figcaption>\n</figure>")
+
+
+def summary_section(picture: BatchPicture) -> str:
+    from html import escape
+    counts = "".join(f'<td class=n data-column="{name}">{n}</td>' for name, n in zip(COLUMN_NAMES, picture.counts))
+    facts = "".join(f'<tr><th>{escape(label)}</th><td data-fact="{key}">{escape(value)}</td></tr>'
+                    for key, label, value in picture.facts)
+    return (f'<section id="summary">\n<h2>Summary</h2>\n<pre class="summary">{summary_line(picture.counts)}</pre>\n'
+            f"<table><thead><tr>{''.join(f'<th class=n>{name}</th>' for name in COLUMN_NAMES)}</tr></thead>"
+            f"<tbody><tr>{counts}</tr></tbody></table>\n<table><tbody>{facts}</tbody></table>\n</section>")
+
+
+def timeline_section(picture: BatchPicture, svg: str) -> str:
+    every = max(1, picture.bins.count // REPORT_TABLE_ROWS)
+    rows, attrs = [], []
+    for i in range(every - 1, picture.bins.count, every):
+        values = [column[i] for column in picture.timeline.columns]
+        rows.append([when(picture.bins.start + (i + 1) * picture.bins.width), *map(str, values)])
+        attrs.append(f'data-time="{picture.bins.start + (i + 1) * picture.bins.width:.0f}" '
+                     f'data-counts="{" ".join(map(str, values))}"')
+    return (f'<section id="timeline">\n<h2>Jobs over time</h2>\n'
+            + figure_html(svg, "stacked areas of the jobs in each summary column over time",
+                          "Each colour is a column of the summary line; together they are every job of the "
+                          "batch. From the statuses grid.py saw, with their times.")
+            + "\n<details><summary>the numbers</summary>\n"
+            + table_html(["time", *COLUMN_NAMES], rows, set(range(1, 8)), attrs) + "</details>\n</section>")
+
+
+def throughput_section(picture: BatchPicture, svg: str) -> str:
+    rows, attrs = [], []
+    for i in range(picture.bins.count):
+        done, failed = picture.timeline.done[i], picture.timeline.failed[i]
+        if done or failed:
+            rows.append([when(picture.bins.start + i * picture.bins.width), str(done), str(failed)])
+            attrs.append(f'data-done="{done}" data-failed="{failed}"')
+    left = f'{picture.left:.0f}' if picture.left is not None else ""
+    return (f'<section id="throughput" data-running="{int(picture.running)}" data-left="{left}">\n'
+            f"<h2>Throughput</h2>\n<p>{throughput_text(picture)}</p>\n"
+            + figure_html(svg, "bars of the attempts that ended in each interval",
+                          f"Attempts that ended (Done in green, failed in red) per {duration(picture.bins.width)}."
+                          " The time left assumes the rate of the last hour holds.")
+            + "\n<details><summary>the numbers</summary>\n"
+            + table_html(["interval from", "Done", "failed"], rows, {1, 2}, attrs) + "</details>\n</section>")
+
+
+def durations_section(picture: BatchPicture, svg: str) -> str:
+    rows, attrs = [], []
+    for name, spread in (("waiting", picture.waiting), ("running", picture.running_times)):
+        shown = [duration_cell(v) for v in (spread.median, spread.p90, spread.longest)] if spread.total else ["-"] * 3
+        rows.append([name, str(spread.total), *shown])
+        attrs.append(f'data-times="{name}" data-attempts="{spread.total}" data-median="{spread.median:.3f}"')
+    return ('<section id="durations">\n<h2>Waiting and running times</h2>\n'
+            + figure_html(svg, "histograms of the waiting and the running times of attempts",
+                          "Attempts by how long they waited (accepted by the server until Running) and ran "
+                          "(Running until final), on a log scale; the dashed line is the median. Steps no "
+                          "status sweep saw are left out.")
+            + "\n" + table_html(["time", "attempts", "median", "90%", "longest"], rows, {1, 2, 3, 4}, attrs)
+            + "\n</section>")
+
+
+def duration_cell(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else duration(seconds)
+
+
+def sites_section(picture: BatchPicture, svg: str) -> str:
+    from html import escape
+    rows, attrs = [], []
+    for row in picture.sites:
+        reasons = "".join(f'<li data-reason="{escape(reason)}" data-count="{n}">{n} × {escape(reason)}</li>'
+                          for reason, n in row.reasons[:REPORT_SITE_REASONS])
+        more = len(row.reasons) - REPORT_SITE_REASONS
+        if more > 0:
+            others = sum(n for _, n in row.reasons[REPORT_SITE_REASONS:])
+            reasons += f"<li>{others} more, for {more} other reason(s): <code>grid failures</code></li>"
+        rows.append([escape(row.site), str(row.done), str(row.failed), f"<ul>{reasons}</ul>" if reasons else "-"])
+        attrs.append(f'data-site="{escape(row.site)}" data-done="{row.done}" data-failed="{row.failed}"')
+    return ('<section id="sites">\n<h2>Sites</h2>\n'
+            + figure_html(svg, "bars of the done and failed jobs per site",
+                          "Final jobs per site (their latest attempts), the busiest first. The reasons are "
+                          "the groups of <code>grid failures</code>.")
+            + "\n" + table_html(["site", "Done", "failed", "main failure reasons"], rows, {1, 2}, attrs)
+            + "\n</section>")
+
+
+def attempts_section(picture: BatchPicture, svg: str) -> str:
+    from html import escape
+    rows = [[str(attempts), str(done), str(failed), str(open_)] for attempts, done, failed, open_ in picture.attempts]
+    attrs = [f'data-attempts="{a}" data-jobs="{d + f + o}" data-done="{d}" data-failed="{f}"'
+             for a, d, f, o in picture.attempts]
+    reason_rows_html = [[escape(r.reason), str(r.retried), str(r.recovered), str(r.stopped),
+                         "yes: not retried by itself" if r.everywhere else "no"] for r in picture.reasons]
+    reason_attrs = [f'data-reason="{escape(r.reason)}" data-retried="{r.retried}" data-stopped="{r.stopped}" '
+                    f'data-recovered="{r.recovered}"' for r in picture.reasons]
+    reasons = table_html(["reason", "attempts retried", "jobs Done after", "jobs stopped", "fails everywhere"],
+                         reason_rows_html, {1, 2, 3}, reason_attrs,
+                         "failure reasons: retried, or stopped (the job's latest attempt failed so)") \
+        if reason_rows_html else '<p class="note">no attempt has failed</p>'
+    return ('<section id="attempts">\n<h2>Attempts</h2>\n'
+            + figure_html(svg, "bars of the jobs by the number of attempts they needed",
+                          "Jobs by the attempts they needed so far (0: never accepted by the server), coloured "
+                          "by where their latest attempt is.")
+            + "\n" + table_html(["attempts", "Done", "failed", "not final"], rows, {0, 1, 2, 3}, attrs)
+            + "\n" + reasons + "\n</section>")
+
+
+def write_report(batch_dir: Path, target: Path) -> BatchPicture:
+    """Draw the batch from a snapshot (it may be running) and put the page in place atomically, so a
+    browser that reloads it sees the old page or the new one."""
+    with Store.snapshot(batch_dir) as store:
+        meta, jobs = store.meta(), list(store.jobs().values())
+    picture = picture_batch(meta, jobs, batch_dir, time.time())
+    atomic_write(target, report_page(picture).encode())
+    return picture
+
+
+# ==================================================================================================
 # Commands
 # ==================================================================================================
 # Each command parses nothing and decides little: it opens the batch, hands work to the engine
@@ -3735,8 +4342,11 @@ def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path
                args: argparse.Namespace, watch: bool, prepare: Callable[["Engine"], None] = None) -> int:
     """Run the engine with the command line's options; --retries is kept in the batch for `watch`."""
     retries = args.retries if args.retries is not None else store.meta().get("retries", 0)
+    on_tick = report_writer(batch_dir, display) if args.report and watch else None
     engine = Engine(store, backend, display, batch_dir, parallel=args.parallel, interval=args.interval,
-                    retries=retries, exit_when=args.exit_when)
+                    retries=retries, exit_when=args.exit_when, on_tick=on_tick)
+    if on_tick:
+        display.message(f"report: {batch_dir / REPORT_FILE}, rewritten every {REPORT_EVERY:g} s")
     if prepare:
         prepare(engine)
     ensure_proxy_lasts(backend, engine.batch.pending_submissions(), args.parallel)
@@ -4002,11 +4612,6 @@ def shell_quote(text: str) -> str:
     return shlex.quote(text)
 
 
-def when(stamp: float) -> str:
-    """A unix time as local date and time, or '-' when unknown."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
-
-
 def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[int, Job], Optional[JobSpec]]:
     """The batch's meta and jobs from a snapshot, and job num's spec when asked for."""
     with Store.snapshot(batch_dir) as store:
@@ -4016,21 +4621,6 @@ def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[i
 
 
 # failures
-
-def failure_groups(jobs: Iterable[Job]) -> list[tuple[str, list[Job]]]:
-    """Failed jobs by failure_reason, the biggest group first."""
-    groups: dict[str, list[Job]] = {}
-    for job in sorted(jobs, key=lambda j: j.num):
-        if is_failed(job.status):
-            groups.setdefault(failure_reason(job), []).append(job)
-    return sorted(groups.items(), key=lambda group: (-len(group[1]), group[0]))
-
-
-def site_counts(jobs: list[Job]) -> dict[str, int]:
-    """Jobs per site, the most frequent first ('-' for jobs that never reached one)."""
-    counts = collections.Counter(job.site or "-" for job in jobs)
-    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-
 
 def cmd_failures(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
@@ -4425,6 +5015,36 @@ def live_owner(state_dir: Path) -> Optional[dict]:
     return owner
 
 
+# report
+
+def cmd_report(args: argparse.Namespace) -> int:
+    batch_dir = Path(args.batch).resolve()
+    target = Path(args.output).resolve() if args.output else batch_dir / REPORT_FILE
+    write_report(batch_dir, target)
+    print(f"report written to {target}")
+    return EXIT_OK
+
+
+def report_writer(batch_dir: Path, display: Display) -> Callable[[], None]:
+    """`watch --report`: `grid report` in a process of its own, so that drawing 100,000 jobs never
+    holds up the engine's loop; a page that cannot be written is said once, and the watch goes on."""
+    command = [sys.executable, os.path.abspath(__file__), "-C", str(batch_dir), "report"]
+    failing = False
+
+    def write() -> None:
+        nonlocal failing
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                  timeout=REPORT_TIMEOUT)
+            problem = (done.stderr.strip().splitlines() or ["no reason given"])[0] if done.returncode else ""
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problem = str(e)
+        if problem and not failing:
+            display.message(f"report not written: {problem}")
+        failing = bool(problem)
+    return write
+
+
 def cmd_local_site(args: argparse.Namespace) -> int:
     return run_local_site(Path(args.folder))
 
@@ -4591,6 +5211,19 @@ def add_day_to_day_commands(commands: Any) -> None:
     batches.add_argument("--json", action="store_true", help="a JSON array instead of text")
     batches.set_defaults(func=cmd_list)
 
+    report = commands.add_parser(
+        "report", help="draw the batch as one HTML page with plots",
+        description="Write one self-contained HTML page (plots as SVG inside it: it needs no network and "
+        "no other file): the summary line and the batch's facts; the summary's columns over time; "
+        "throughput and the estimated time left; waiting and running times; Done and failed jobs per "
+        "site with their main failure reasons (the groups of `grid failures`); the attempts jobs needed "
+        "and the reasons retried or stopped. Each plot has its numbers in a table. Reads a snapshot: "
+        "works while `watch` runs (`watch --report` rewrites the page every minute); does not contact "
+        "the server.")
+    report.add_argument("-o", "--output", metavar="FILE",
+                        help=f"where to write the page (default: {REPORT_FILE} in the batch directory)")
+    report.set_defaults(func=cmd_report)
+
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parallel", type=positive_int, default=DEFAULT_PARALLEL, metavar="N",
@@ -4608,6 +5241,9 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line and event, instead of text; stdout carries "
                         "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
+    parser.add_argument("--report", action="store_true",
+                        help=f"keep {REPORT_FILE} in the batch directory up to date (`grid report`): "
+                        f"rewritten every {REPORT_EVERY:g} s while watching, and at the end")
 
 
 def positive_int(text: str) -> int:

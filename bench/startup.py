@@ -4,8 +4,9 @@
 
 Runs each command N times (default 9), the commands taking turns so that the machine's noise falls
 on all of them alike, and prints the median of each and its ratio to `python -c pass`. `status`
-reads a batch of 100 jobs made here. Fails if `--help` or `status` imports DIRAC (checked with
-`python -X importtime`, which names every module a process imports).
+reads a batch of 100 jobs made here. Fails if `--help` or `status` imports DIRAC or matplotlib
+(only `report` draws with it; checked with `python -X importtime`, which names every module a
+process imports).
 """
 import argparse
 import statistics
@@ -35,11 +36,11 @@ def wall(argv: list, cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def imports_dirac(argv: list, cwd: Path) -> bool:
+def imports(argv: list, cwd: Path, package: str) -> bool:
     done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=cwd, capture_output=True,
                           text=True, check=True)
     modules = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line]
-    return any(name == "DIRAC" or name.startswith("DIRAC.") for name in modules)
+    return any(name == package or name.startswith(package + ".") for name in modules)
 
 
 def main() -> int:
@@ -57,9 +58,10 @@ def main() -> int:
         batch = Path(tmp)
         make_batch(batch)
         for name in ("grid.py --help", "grid.py status (100 jobs)"):
-            if imports_dirac(commands[name], batch):
-                print(f"FAIL: {name} imports DIRAC")
-                return 1
+            for package in ("DIRAC", "matplotlib"):
+                if imports(commands[name], batch, package):
+                    print(f"FAIL: {name} imports {package}")
+                    return 1
         times: dict = {name: [] for name in commands}
         for _ in range(args.rounds):
             for name, argv in commands.items():
@@ -70,7 +72,7 @@ def main() -> int:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:36} {median * 1000:7.0f} ms {min(values) * 1000:6.0f} ms {median / base:6.2f}x")
-    print("DIRAC imported by grid.py --help or status: no")
+    print("DIRAC or matplotlib imported by grid.py --help or status: no")
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import grid_cmd, write
+from helpers import grid_cmd, step_stdout, write
 
 
 def jobs_file(folder: Path, count: int, command: str = "true", name: str = "job-{i}",
@@ -116,14 +116,13 @@ def assert_one_true_line(result: subprocess.CompletedProcess, batch: Path, run_g
 
 
 def test_ctrl_c_at_any_moment_exits_130_with_one_true_line(batch, run_grid, tmp_path):
-    said = []
+    """A sweep of moments from grid.py's first imports on; which phase each meets depends on how
+    busy the machine is (the tests below reach the job files and the engine for sure)."""
     for n, after in enumerate((0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 1.6, 2.5, 4.0)):
         here = tmp_path / f"run{n}"
         here.mkdir()
         jobs = jobs_file(here, 20, "sleep 1", before_each="time.sleep(0.05)")
-        said.append(assert_one_true_line(interrupt(here, jobs, after), here,
-                                         lambda *a: run_grid(*a, cwd=here)))
-    assert len(set(said)) >= 2                          # the sweep met more than one moment
+        assert_one_true_line(interrupt(here, jobs, after), here, lambda *a: run_grid(*a, cwd=here))
 
 
 def test_ctrl_c_while_the_job_file_runs_is_an_interruption_not_a_job_file_error(batch, run_grid):
@@ -294,7 +293,7 @@ def test_output_folders_honour_the_umask(batch, umask, mode):
                             capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.umask(umask))
     assert result.returncode == 0, result.stderr
     folder = batch / "succeeded" / "00001_job-0"
-    assert (folder / "std.out").read_text() == "hi\n"
+    assert step_stdout(folder) == "hi\n"
     assert folder.stat().st_mode & 0o777 == mode
     assert (batch / "succeeded").stat().st_mode & 0o777 == mode
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import grid
+from helpers import new_batch
 
 ACTIVE = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING, grid.STALLED, grid.COMPLETED]
 ENDED = [grid.DONE, grid.FAILED, grid.KILLED, grid.DELETED]
@@ -28,12 +29,9 @@ class CountingBackend(grid.Backend):
 
 def batch_with(batch: Path, statuses: list) -> grid.Store:
     """A submitted batch whose job i has DIRAC id 5000 + i and status statuses[i - 1]."""
-    store = grid.Store.open(batch, "watch", create=True)
     jobs = [grid.Job(num=i, name=f"j{i}", status=status, dirac_id=5000 + i, ids=[5000 + i], attempts=1)
             for i, status in enumerate(statuses, 1)]
-    specs = [b""] * len(jobs)
-    store.create_batch({"tag": "grid-count", "backend": "counting"}, jobs, specs)
-    return store
+    return new_batch(batch, jobs, {"tag": "grid-count", "backend": "counting"}, [b""] * len(jobs), "watch")
 
 
 def mixed_statuses(total: int) -> list:

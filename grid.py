@@ -976,6 +976,7 @@ class SpecSpool:
         self.names: list[str] = []
         self.offsets: list[int] = []
         self.end = 0                           # appends are buffered: no seek, no write per spec
+        self.sequences: list[list[int]] = []   # [first, last] local numbers of each parametric job
 
     def append(self, spec: JobSpec) -> None:
         record = spec.to_bytes()
@@ -989,6 +990,13 @@ class SpecSpool:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def extend(self, specs: list[JobSpec]) -> None:
+        """The jobs of one submit(): a parametric job's N jobs are remembered as one sequence."""
+        if len(specs) > 1:
+            self.sequences.append([len(self) + 1, len(self) + len(specs)])
+        for spec in specs:
+            self.append(spec)
 
     def blob(self, index: int) -> bytes:
         self.file.seek(self.offsets[index])
@@ -1057,7 +1065,7 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool,
             raise JobFileError(f"{path}:{line}: the same Job object is submitted twice",
                                "create a new Job() for every job")
         job._grid_submitted = True          # marks the object without keeping it alive
-        specs.append(job_spec(job, path, line, batch_tag))
+        specs.extend(job_specs(job, path, line, batch_tag))
 
     namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": defined}
     if defined is not job_class:
@@ -1083,8 +1091,9 @@ def where_in(path: Path, error: BaseException) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
-    """Freeze a DIRAC Job into a JobSpec: absolute input sandbox paths, tagged with the batch."""
+def job_specs(job: Any, path: Path, line: int, batch_tag: str) -> list[JobSpec]:
+    """Freeze a DIRAC Job into JobSpecs: absolute input sandbox paths, tagged with the batch; one
+    spec, or one per parameter set of a parametric job (see expand_parametric)."""
     origin = f"{path}:{line}"
     if job.errorDict:
         problems = "; ".join(f"{CALLER_OF.get(k, k)}: {', '.join(map(dirac_report_message, v))}"
@@ -1103,17 +1112,132 @@ def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
     outputs = workflow.findParameter("OutputSandbox")
     name_param = workflow.findParameter("JobName")
     name = name_param.getValue() if name_param else "Name"
+    xml = job._toXML()
+    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
+    if job.numberOfParameters or PARAMETRIC_JDL.search(jdl):     # the server would make several jobs
+        return expand_parametric(job, jdl, name, path, origin)
+    return [JobSpec(name=name, jdl=jdl, xml=xml, steps=workflow_steps(workflow), input_sandbox=inputs,
+                    output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
+                    origin=origin)]
+
+
+def workflow_steps(workflow: Any) -> list[list[str]]:
+    """[executable, arguments, log file] of each setExecutable step, as DIRAC's Script module takes
+    them: a step without arguments of its own takes the workflow's `arguments` (a parametric job's)."""
+    fallback = workflow.findParameter("arguments")
+    fallback = str(fallback.getValue() or "") if fallback else ""
     steps = []
     for step in workflow.step_instances:
         params = {p.getName(): p.getValue() for p in step.parameters}
         if "executable" in params:
-            steps.append([str(params["executable"]), str(params.get("arguments") or ""),
+            arguments = str(params.get("arguments") or "")
+            steps.append([str(params["executable"]), arguments if arguments.strip() else fallback,
                           str(params.get("applicationLog") or f"Script{len(steps) + 1}_CodeOutput.log")])
-    xml = job._toXML()
-    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
-    return JobSpec(name=name, jdl=jdl, xml=xml, steps=steps, input_sandbox=inputs,
-                   output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
-                   origin=origin)
+    return steps
+
+
+# -- parametric jobs: one submit() of a job with parameter sequences is N jobs ---------------------
+# j.setParameterSequence('args', [...]) makes a parametric job, which DIRAC's JobManager expands on
+# the server (generateParametricJobs): in every JDL attribute "%n" becomes the job's index (zero
+# padded), "%(name)s" the job's value of sequence `name` and "%s" that of the unnamed sequence (1
+# for a Job API job); DIRAC's JDL lists keep no spaces or double quotes inside values. Arguments
+# with parameters reach the job through the JDL, as `-p arguments='...'` switches of dirac-jobexec,
+# which the job wrapper runs through a shell and which set the workflow parameter of that name.
+# grid.py expands with DIRAC's own function when the job file is loaded and bakes each job's values
+# into its workflow, as dirac-jobexec would: each of the N jobs is a plain job with its own record,
+# folder, tag and resubmission, and the same on both backends. On DIRAC they go as one parametric
+# job again (the engine bundles a sequence), so the server still creates them in one call.
+
+# What the job wrapper's shell would act on outside quotes, and what ends a single-quoted word.
+SHELL_SPECIAL = re.compile(r"[|&;<>()$`\\\"'*?\[]|(^|\s)[#~]")
+PARAMETRIC_JDL = re.compile(r"^\s*Parameters\s*=", re.MULTILINE)
+PARAMETER_ATTRIBUTE = re.compile(r"Parameters?(\..*)?$|Parameter(Number|Start|Step|Factor)(\..*)?$")
+
+
+def expand_parametric(job: Any, jdl: str, name: str, path: Path, origin: str) -> list[JobSpec]:
+    """The N plain jobs of a parametric job, in parameter order, as DIRAC's server makes them."""
+    from DIRAC.WorkloadManagementSystem.Utilities.ParametricJob import generateParametricJobs
+    expanded = generateParametricJobs(jdl_classad(jdl))
+    if not expanded["OK"]:
+        raise JobFileError(f"{origin}: DIRAC cannot expand this parametric job: {expanded['Message']}",
+                           "give every parameter sequence the same number of values, none with a comma or a semicolon")
+    workflow, specs = job.workflow, []
+    original = {p.getName(): p.getValue() for p in workflow.parameters}
+    added = set(job.addToOutputSandbox)
+    try:
+        for one in expanded["Value"]:
+            classad = jdl_classad(one)
+            arguments, values = jobexec_switches(classad.getAttributeString("Arguments"), origin)
+            classad.insertAttributeString("Arguments", arguments)
+            for attribute in classad.getAttributes():
+                if PARAMETER_ATTRIBUTE.match(attribute):
+                    classad.deleteAttribute(attribute)
+            inputs = [resolve_sandbox_entry(entry, path, origin) for entry in list_attribute(classad, "InputSandbox")]
+            if inputs:
+                classad.insertAttributeVectorString("InputSandbox", inputs)
+            set_workflow_values(workflow, values)
+            specs.append(JobSpec(name=classad.getAttributeString("JobName") or name, jdl=classad.asJDL(),
+                                 xml=workflow.toXML(), steps=workflow_steps(workflow), input_sandbox=inputs,
+                                 output_sandbox=[o for o in list_attribute(classad, "OutputSandbox")
+                                                 if o not in added],
+                                 origin=origin))
+    finally:
+        set_workflow_values(workflow, original)
+    return specs
+
+
+def jobexec_switches(arguments: str, origin: str) -> tuple[str, dict[str, str]]:
+    """dirac-jobexec's arguments of one job, without its `-p name=value` switches, and those values
+    as dirac-jobexec reads them. What the job wrapper's shell would change, or dirac-jobexec cannot
+    read (a second "="), fails on the grid: refused here, for both backends."""
+    if SHELL_SPECIAL.search(re.sub(r"'[^']*'", "", arguments)):
+        raise JobFileError(f"{origin}: a parameter value has a character the DIRAC job wrapper's shell would "
+                           f"act on (it runs `dirac-jobexec {arguments}`)",
+                           "use parameter values without quotes, $, `, \\, ;, &, |, <, >, (, ), *, ? or [")
+    words, kept, values = shlex.split(arguments), [], {}
+    while words:
+        word = words.pop(0)
+        if word != "-p" or not words:
+            kept.append(word)
+            continue
+        key, _, value = words.pop(0).partition("=")
+        if "=" in value:
+            raise JobFileError(f"{origin}: the parameter value {value!r} has a '=', which DIRAC's "
+                               f"dirac-jobexec cannot read (`-p {key}={value}`): the job would fail on the grid",
+                               "use parameter values without '='")
+        value = value.strip()
+        if value.startswith("{"):                    # dirac-jobexec's lists
+            value = ";".join(value[1:-1].replace('"', "").replace(" ", "").split(","))
+        values[key] = value
+    return shlex.join(kept), values
+
+
+def set_workflow_values(workflow: Any, values: dict[str, str]) -> None:
+    """What dirac-jobexec does with its `-p` switches: set the workflow's parameters of those names
+    (a name the workflow lacks changes nothing), and those of its modules."""
+    for key, value in values.items():
+        if workflow.parameters.find(key):
+            workflow.setValue(key, value)
+        for definition in workflow.step_definitions.values():
+            for module in definition.module_instances:
+                if module.parameters.find(key):
+                    module.parameters.setValue(key, value)
+
+
+def jdl_classad(jdl: str) -> Any:
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+    text = jdl.strip()
+    return ClassAd(text if text.startswith("[") else f"[{text}]")
+
+
+def jdl_attributes(jdl: str) -> dict[str, str]:
+    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
+    classad = jdl_classad(jdl)
+    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
+
+
+def list_attribute(classad: Any, name: str) -> list[str]:
+    return [entry for entry in classad.getListFromExpression(name) if entry] if classad.lookupAttribute(name) else []
 
 
 def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
@@ -1326,18 +1450,6 @@ JOB_DESCRIPTION = "jobDescription.xml"
 BUNDLE_FIXED = ("Arguments", "Executable", "InputSandbox")   # the same for every job of a bundle
 BUNDLE_VALUE = re.compile(r"[A-Za-z0-9_.:/+=@~#-]+")         # what a parameter list carries intact
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-def jdl_classad(jdl: str) -> Any:
-    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
-    text = jdl.strip()
-    return ClassAd(text if text.startswith("[") else f"[{text}]")
-
-
-def jdl_attributes(jdl: str) -> dict[str, str]:
-    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
-    classad = jdl_classad(jdl)
-    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
 
 
 def parametric_key(spec: JobSpec) -> Optional[tuple]:
@@ -1621,7 +1733,8 @@ class DiracBackend(Backend):
         thirty attributes, five times the bytes). A job's site changes only with its status, so
         getJobsSites asks only about the jobs whose status just changed to Matched or beyond; a job
         that just ended gets its whole record once instead, for the time it ended (the cleaning
-        deadline counts from it)."""
+        deadline counts from it) and how it ended: getJobsStates was seen to catch a job between
+        the updates of its end (Done, minor status "Output Sandbox Uploaded")."""
         self._require_proxy()
         monitoring = self._clients().monitoring
         answer = self._value(monitoring.getJobsStates(list(ids)), "status query")
@@ -1648,6 +1761,10 @@ class DiracBackend(Backend):
                 state.site = attrs.get("Site", "")
                 if is_final(state.status):
                     state.ended = utc_timestamp(attrs.get("LastUpdateTime"))
+                    if is_final(attrs.get("Status", "")):    # read after: the last word on how it ended
+                        state.status, state.minor, state.app = (
+                            attrs["Status"], attrs.get("MinorStatus", state.minor),
+                            attrs.get("ApplicationStatus", state.app))
             else:
                 state.site = self.reported[job_id].site if job_id in self.reported else None
             if is_final(state.status):
@@ -3009,6 +3126,7 @@ class Batch:
         self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
+        self.sequences = self.meta.get("sequences", [])   # [first, last] of each parametric job's jobs
         self.jobs = store.jobs()
         self.by_id = {job.dirac_id: job for job in self.jobs.values() if job.dirac_id}
         self.column_totals = column_counts(job.status for job in self.jobs.values())
@@ -3189,17 +3307,29 @@ class Batch:
         self.transition(job, JobState(FAILED, "Submission failed", job.error))
         self.settle(job)
 
+    @property
+    def bundling(self) -> bool:
+        """Jobs go in bundles where the backend can: with --bulk, or those of a parametric job."""
+        return self.bulk or bool(self.sequences)
+
     def bundles(self, pending: list[int], limit: int,
                 key: Callable[[JobSpec], Optional[tuple]]) -> tuple[list[list[int]], list[int]]:
-        """Jobs with equal bundle keys in bundles of at most limit (as even as can be); the rest one by one."""
+        """Jobs with equal bundle keys in bundles of at most limit (as even as can be); the rest one by one.
+        With --bulk that is every job; else only the jobs of one parametric job go together (in
+        parameter order, so that the server makes them in one call, as DIRAC would)."""
+        sequence_of = {num: n for n, (first, last) in enumerate(self.sequences) for num in range(first, last + 1)}
+        why = "bulk" if self.bulk else "parametric"
         groups: dict[tuple, list[int]] = {}
         singles = []
         for num in pending:
+            if not self.bulk and num not in sequence_of:
+                singles.append(num)
+                continue
             group = key(self.store.spec(num))
             if group is None:
                 singles.append(num)
             else:
-                groups.setdefault(group, []).append(num)
+                groups.setdefault((() if self.bulk else (sequence_of[num],)) + (group,), []).append(num)
         bundles = []
         for members in groups.values():
             for part in split_evenly(members, limit):
@@ -3208,8 +3338,9 @@ class Batch:
                 else:
                     singles += part
         singles.sort()
-        self.display.message(f"bulk: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
-                             f"(at most {limit} each), {len(singles)} one by one")
+        alone = sum(1 for num in singles if self.bulk or num in sequence_of)
+        self.display.message(f"{why}: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
+                             f"(at most {limit} each), {alone} one by one")
         return bundles, singles
 
     # -- downloads -------------------------------------------------------------------------------
@@ -3626,11 +3757,11 @@ class Engine:
     def submit_all(self, keep_going: bool) -> None:
         """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
         self.reconcile()
-        if self.batch.bulk:
+        if self.batch.bundling:
             self.bundle_queued()
         pool = gevent.pool.Pool(self.parallel)
         while not self.stopping.is_set():
-            if self.to_submit.empty() and not keep_going and not (self.batch.bulk and len(pool)):
+            if self.to_submit.empty() and not keep_going and not (self.batch.bundling and len(pool)):
                 break                  # (a bundle in flight may still give jobs back to the queue)
             try:
                 item = self.to_submit.get(timeout=0.2)
@@ -3653,8 +3784,8 @@ class Engine:
             self.to_submit.put(job.num)
 
     def bundle_queued(self) -> None:
-        """--bulk: regroup the jobs waiting in the queue into bundles (lists of job numbers) where
-        the backend can; resubmissions, queued later, go one by one."""
+        """--bulk or parametric jobs: regroup the jobs waiting in the queue into bundles (lists of
+        job numbers) where the backend can; resubmissions, queued later, go one by one."""
         waiting = []
         while not self.to_submit.empty():
             waiting.append(self.to_submit.get_nowait())
@@ -3669,7 +3800,8 @@ class Engine:
         except Stopped:
             return
         if limit < 2:
-            self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
+            if self.batch.bulk:
+                self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
             bundles, singles = [], pending
         else:
             bundles, singles = self.batch.bundles(pending, limit, self.backend.bundle_key)
@@ -4673,7 +4805,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         now = round(time.time(), 3)
         jobs = (Job(num=i, name=name, history=[[SUBMITTING, now]]) for i, name in enumerate(specs.names, 1))
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
-                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk}
+                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk,
+                "sequences": specs.sequences}
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
@@ -4708,12 +4841,15 @@ def ensure_writable(batch_dir: Path) -> None:
 def print_dry_run(specs: SpecSpool, backend: str) -> None:
     """What would be submitted; for the local backend also the settings it ignores (the grid's alone)."""
     print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
+    in_sequence = {num: (num - first + 1, last - first + 1) for first, last in specs.sequences
+                   for num in range(first, last + 1)}
     defaults = plain_job_attributes() if backend == "local" else {}
     for num, spec in enumerate(specs, 1):
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
-        print(f"#{num} {one_line(spec.name)}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        where = spec.origin + (", parameter set {} of {}".format(*in_sequence[num]) if num in in_sequence else "")
+        print(f"#{num} {one_line(spec.name)}  [{where}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
         ignored = ignored_locally(spec, defaults) if backend == "local" else []
         if ignored:
             print(f"    ignored on this machine: {'; '.join(ignored)}")
@@ -5535,6 +5671,9 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="run job files, submit every job, then watch",
         description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
         "job concurrently and watch them. The whole of every file runs before anything is submitted. "
+        "A job with parameter sequences (Job.setParameterSequence) is one job per parameter set, with "
+        "the values DIRAC would give it, each followed, downloaded and resubmitted on its own; on DIRAC "
+        "they go to the server as one parametric job. "
         "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,

@@ -3,7 +3,7 @@
 #
 #   bash setup.sh example   install, then run examples/ on the local backend in ./demo
 #   bash setup.sh test      install (with a DIRAC server for the integration tier), run pytest
-#   bash setup.sh install   install only: system packages, .venv with DIRAC, gevent, plyvel, grid
+#   bash setup.sh install   install only: system packages, .venv with DIRAC, gevent, plyvel, matplotlib, grid
 #
 # Idempotent: a second run reuses .venv and only installs what is missing.
 set -euo pipefail
@@ -39,22 +39,26 @@ install_client() {
     [ -x "$VENV/bin/uv" ] || "$VENV/bin/pip" install -q uv
     # gfal2-python from PyPI does not build against Debian's libgfal2; DIRAC's WMS client works without it.
     echo 'gfal2-python; python_version < "0"' > "$VENV/overrides.txt"
-    if ! "$VENV/bin/python" -c 'import grid, DIRAC, gevent, plyvel' 2>/dev/null; then
-        say "installing grid.py, DIRAC $DIRAC_VERSION, gevent, plyvel into $VENV"
-        VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip install -q --override "$VENV/overrides.txt" \
-            -e "$ROOT" "DIRAC==$DIRAC_VERSION"
+    if ! "$VENV/bin/python" -c 'import grid, DIRAC, gevent, plyvel, matplotlib' 2>/dev/null; then
+        say "installing grid.py, DIRAC $DIRAC_VERSION, gevent, plyvel, matplotlib (for grid report) into $VENV"
+        # --compile-bytecode: `grid report` imports matplotlib; compiled once here, not at every start
+        # where Python may not write its caches (PYTHONDONTWRITEBYTECODE)
+        VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip install -q --compile-bytecode --override "$VENV/overrides.txt" \
+            -e "$ROOT[report]" "DIRAC==$DIRAC_VERSION"
     fi
 }
 
 install_test() {
     install_client
     # The integration tier runs a real DIRAC WMS on loopback: MariaDB, DIRAC's server extras, iptables
-    # and NetfilterQueue for the optional 50 ms round trip.
-    apt_install mariadb-server default-libmysqlclient-dev iptables libnetfilter-queue-dev iproute2 procps
+    # and NetfilterQueue for the optional 50 ms round trip. Chromium draws `grid report`'s page in
+    # tests/test_report.py (in a network namespace of its own: unshare, from util-linux).
+    apt_install mariadb-server default-libmysqlclient-dev iptables libnetfilter-queue-dev iproute2 procps \
+        chromium util-linux
     if ! "$VENV/bin/python" -c 'import pytest, MySQLdb, netfilterqueue' 2>/dev/null; then
         say "installing DIRAC[server] $DIRAC_VERSION, pytest into $VENV"
         VIRTUAL_ENV=$VENV "$VENV/bin/uv" pip install -q --override "$VENV/overrides.txt" \
-            -e "$ROOT[test]" "DIRAC[server]==$DIRAC_VERSION" "netfilterqueue==1.1.0"
+            -e "$ROOT[test,report]" "DIRAC[server]==$DIRAC_VERSION" "netfilterqueue==1.1.0"
     fi
 }
 
@@ -64,8 +68,11 @@ run_example() {
     rm -rf "$ROOT/demo" && mkdir -p "$ROOT/demo" && cd "$ROOT/demo"
     # fail.py fails on purpose, so grid exits 6 (not every job is Done): that is the expected end
     "$VENV/bin/grid" submit --backend local "$ROOT"/examples/hello.py "$ROOT"/examples/many.py \
-        "$ROOT"/examples/fail.py || [ $? -eq 6 ]
+        "$ROOT"/examples/params.py "$ROOT"/examples/fail.py || [ $? -eq 6 ]
     ls "$ROOT/demo"
+    # the batch as one page with plots; it says where it wrote it
+    "$VENV/bin/grid" report
+    say "open $ROOT/demo/report.html in a browser to see the example's batch"
 }
 
 run_tests() {

@@ -6,7 +6,8 @@ For each size, in a fresh batch directory: a job file that submits N trivial job
 API; `submit --no-watch` with an instant backend (bench/instant.py: the server answers at once, so
 only grid.py's own costs are left); `grid.py status` as users run it (no backend at all; median of
 --runs, with the time until its summary line arrives); `watch` with the instant backend, which takes
-every job through Received, Waiting, Running to Done and downloads its output. Wall time and peak
+every job through Received, Waiting, Running to Done and downloads its output; then `grid.py report`
+draws the finished batch (goals at 100,000 jobs: under 10 s, a page under 5 MB). Wall time and peak
 RSS of each process are measured here (os.wait4), the stages of submit by the process itself.
 Prints a table per size and the growth ratios between sizes.
 """
@@ -62,12 +63,14 @@ def measure(n: int, root: Path, runs: int) -> dict:
     statuses = [run([python, str(GRID), "status"], batch) for _ in range(runs)]
     watch = run([python, str(INSTANT), "watch", "--interval", "0.05"], batch)
     after = [run([python, str(GRID), "status"], batch) for _ in range(runs)]
+    report = run([python, str(GRID), "report"], batch)
+    report["page_mb"] = (batch / "report.html").stat().st_size / 1e6
     done = after[0]["first"]
     expected = f"D: {n:3d}\tF:   0"
     if not done.endswith(expected):
         raise SystemExit(f"{n} jobs: watch did not finish every job: {done!r}")
     return {"n": n, "submit": submit, "status": statuses, "watch": watch, "status_done": after,
-            "folder_mb": folder_mb(batch / ".grid" / "db")}
+            "report": report, "folder_mb": folder_mb(batch / ".grid" / "db")}
 
 
 def sync_cost(n: int, root: Path) -> tuple:
@@ -95,7 +98,8 @@ def median(values: list) -> float:
 def report(results: list) -> None:
     print("\nper size (times in s, memory in MB of peak RSS of the process)")
     header = ("jobs", "submit", "job files", "store", "engine", "submit MB", "in flight",
-              "status", "summary at", "status MB", "status*", "watch", "watch MB", "db MB")
+              "status", "summary at", "status MB", "status*", "watch", "watch MB", "db MB",
+              "report", "report MB", "page MB")
     print("  ".join(f"{h:>10}" for h in header))
     for r in results:
         s, stages = r["submit"], r["submit"]["bench"]["stages"]
@@ -104,10 +108,11 @@ def report(results: list) -> None:
                s["rss_mb"], flight, median([x["wall"] for x in r["status"]]),
                median([x["first_line"] for x in r["status"]]), max(x["rss_mb"] for x in r["status"]),
                median([x["wall"] for x in r["status_done"]]), r["watch"]["wall"], r["watch"]["rss_mb"],
-               r["folder_mb"])
+               r["folder_mb"], r["report"]["wall"], r["report"]["rss_mb"], r["report"]["page_mb"])
         print("  ".join(f"{v:>10}" if isinstance(v, int) else f"{v:>10.2f}" for v in row))
     print("status: median after submit (jobs Received); status*: median after watch (jobs Done, longer "
-          "histories); summary at: when status's summary line arrived; in flight: most submissions at once")
+          "histories); summary at: when status's summary line arrived; in flight: most submissions at once;\n"
+          "report: `grid.py report` of the finished batch (goals at 100,000 jobs: < 10 s, page < 5 MB)")
     if len(results) < 2:
         return
     print("\ngrowth from one size to the next (linear = the ratio of sizes)")
@@ -118,6 +123,7 @@ def report(results: list) -> None:
             "submit engine": big["submit"]["bench"]["stages"]["engine"] / small["submit"]["bench"]["stages"]["engine"],
             "job files": big["submit"]["bench"]["stages"]["job files"] / small["submit"]["bench"]["stages"]["job files"],
             "watch": big["watch"]["wall"] / small["watch"]["wall"],
+            "report": big["report"]["wall"] / small["report"]["wall"],
         }
         print(f"  {small['n']:>6} -> {big['n']:<6} (x{size:g}): "
               + ", ".join(f"{k} x{v:.1f}" for k, v in ratios.items()))

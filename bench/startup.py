@@ -6,9 +6,10 @@ Runs each command N times (default 9), the commands taking turns so that the mac
 on all of them alike, and prints the median of each and its ratio to `python -c pass`. `status`
 reads a batch of 100 jobs made here; `watch` starts the engine on a local batch of 100 jobs, all
 Done and downloaded, so it returns as soon as it has started (gevent patched, the engine built).
-Fails if `--help` or `status` imports DIRAC or gevent (checked with `python -X importtime`, which
-names every module a process imports). With --against (e.g. `git show main~5:grid.py > /tmp/old.py`),
-the same commands of that grid.py take their turns too, so before and after come from one run.
+Fails if `--help` or `status` imports DIRAC, gevent or matplotlib (only `report` draws with it;
+checked with `python -X importtime`, which names every module a process imports). With --against
+(e.g. `git show main~5:grid.py > /tmp/old.py`), the same commands of that grid.py take their turns
+too, so before and after come from one run.
 """
 import argparse
 import importlib.util
@@ -105,7 +106,7 @@ def main() -> int:
             make_batch(folder, grid=module)
             make_batch(folder / "done", backend="local", status=grid.DONE, grid=module)
         for name in ("grid --help", "grid status (100 jobs)"):
-            for package in ("DIRAC", "gevent"):
+            for package in ("DIRAC", "gevent", "matplotlib"):
                 if imported(commands[name], batch, package):
                     print(f"FAIL: {name} imports {package}")
                     return 1
@@ -119,7 +120,7 @@ def main() -> int:
     for name, values in times.items():
         median = statistics.median(values)
         print(f"{name:36} {median * 1000:7.0f} ms {min(values) * 1000:6.0f} ms {median / base:6.2f}x")
-    print("DIRAC or gevent imported by grid --help or status: no")
+    print("DIRAC, gevent or matplotlib imported by grid --help or status: no")
     print("grid: as the installed `grid` command runs it (grid.py imported from cached bytecode); "
           "`python grid.py` compiles the whole module first")
     return 0

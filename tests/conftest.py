@@ -18,6 +18,13 @@ grid.use_gevent()                  # the tests' own greenlets run patched, as th
 
 
 @pytest.fixture
+def fast_backoff(monkeypatch):
+    """Retries without waiting (the waits themselves are grid.backoff's business)."""
+    import grid
+    monkeypatch.setattr(grid, "backoff", lambda attempt, base=1.0: 0.001)
+
+
+@pytest.fixture
 def batch(tmp_path: Path) -> Path:
     """An empty batch directory."""
     path = tmp_path / "batch"

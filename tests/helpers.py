@@ -1,10 +1,15 @@
-"""Paths and small helpers shared by the test modules (importable from any tests/ folder)."""
+"""Paths, small helpers, fake backends and batch builders shared by the test modules (importable
+from any tests/ folder; no test module imports from another)."""
+import io
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID = ROOT / "grid.py"
 EXAMPLES = ROOT / "examples"
+
+sys.path.insert(0, str(ROOT))                                      # grid.py itself
+import grid  # noqa: E402
 
 
 def grid_cmd(*args) -> list:
@@ -23,3 +28,84 @@ def step_stdout(folder: Path, step: int = 1) -> str:
     [log] = folder.glob(f"Script{step}_*.log")
     body = log.read_text().split(" Standard Output >>>>>>>>>>\n\n", 1)[1]
     return body.split(" <<<<<<<<<< ", 1)[0].removesuffix(" ")
+
+
+# -- batches and engines made directly, without a job file --------------------------------------------
+
+def blank_spec(name: str) -> grid.JobSpec:
+    return grid.JobSpec(name=name, jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
+
+
+def new_batch(batch: Path, jobs: list, meta: dict, specs: list = None, command: str = "submit") -> grid.Store:
+    """A stored batch of these jobs (blank specs unless given), held open by `command`."""
+    store = grid.Store.open(batch, command, create=True)
+    store.create_batch(meta, jobs, specs if specs is not None else [blank_spec(job.name) for job in jobs])
+    return store
+
+
+def make_engine(batch: Path, jobs, backend: grid.Backend, bulk: bool = False, **kw) -> grid.Engine:
+    """An engine over a new batch of `jobs` (a number: job-1 ... job-N; or a list of names) whose
+    display writes into a StringIO (engine.display.out)."""
+    names = [f"job-{i}" for i in range(1, jobs + 1)] if isinstance(jobs, int) else jobs
+    meta = {"tag": "grid-test", "backend": "scripted", **({"bulk": True} if bulk else {})}
+    store = new_batch(batch, [grid.Job(num=i, name=name) for i, name in enumerate(names, 1)], meta)
+    return grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
+                       interval=kw.pop("interval", 0.001), **kw)
+
+
+# -- fake backends, for fault injection (the real DIRAC is tested in tests/integration) ---------------
+
+PATH = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING]
+
+
+class ScriptedBackend(grid.Backend):
+    """Accepts every job; each status call moves each asked job one step towards its end status."""
+
+    name = "scripted"
+
+    def __init__(self, end=lambda job_id: grid.DONE, submit_failures=0, status_failures=0,
+                 fetch_failures=lambda job_id: 0):
+        self.end, self.submit_failures, self.status_failures = end, submit_failures, status_failures
+        self.fetch_failures = fetch_failures
+        self.next_id, self.step, self.status_calls, self.fetches = 1000, {}, [], {}
+        self.submitted = []
+        self.final, self.asked_after_final = set(), set()
+        self.server = {}                                   # every job the "server" accepted: {id: tag}
+
+    def submit(self, spec, tag):
+        if self.submit_failures:
+            self.submit_failures -= 1
+            raise grid.CallFailed("JobManager unreachable")
+        self.next_id += 1
+        self.step[self.next_id] = 0
+        self.submitted.append(tag)
+        self.server[self.next_id] = tag
+        return self.next_id
+
+    def find(self, tags, groups, known, since=0.0):
+        return {tag: job_id for job_id, tag in self.server.items() if tag in tags and job_id not in known}
+
+    def status(self, ids):
+        self.status_calls.append(list(ids))
+        if self.status_failures:
+            self.status_failures -= 1
+            raise grid.CallFailed("connection refused")
+        self.asked_after_final |= self.final & set(ids)
+        states = {}
+        for job_id in ids:
+            self.step[job_id] += 1
+            step = self.step[job_id]
+            states[job_id] = grid.JobState(PATH[step] if step < len(PATH) else self.end(job_id), "minor")
+            if grid.is_final(states[job_id].status):
+                self.final.add(job_id)
+        return states
+
+    def fetch_output(self, job_id, dest: Path):
+        self.fetches[job_id] = self.fetches.get(job_id, 0) + 1
+        if self.fetches[job_id] <= self.fetch_failures(job_id):
+            raise grid.CallFailed("sandbox store down")
+        (dest / "std.out").write_text(f"output of {job_id}\n")
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL inside a call: nothing after it runs."""

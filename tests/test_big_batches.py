@@ -10,8 +10,7 @@ from pathlib import Path
 import plyvel
 
 import grid
-from helpers import ROOT, write
-from test_engine import ScriptedBackend, make_engine
+from helpers import ROOT, ScriptedBackend, make_engine, write
 
 
 def write_format_1_batch(batch: Path) -> None:

@@ -116,14 +116,13 @@ def assert_one_true_line(result: subprocess.CompletedProcess, batch: Path, run_g
 
 
 def test_ctrl_c_at_any_moment_exits_130_with_one_true_line(batch, run_grid, tmp_path):
-    said = []
+    """A sweep of moments from grid.py's first imports on; which phase each meets depends on how
+    busy the machine is (the tests below reach the job files and the engine for sure)."""
     for n, after in enumerate((0.0, 0.05, 0.15, 0.3, 0.6, 1.0, 1.6, 2.5, 4.0)):
         here = tmp_path / f"run{n}"
         here.mkdir()
         jobs = jobs_file(here, 20, "sleep 1", before_each="time.sleep(0.05)")
-        said.append(assert_one_true_line(interrupt(here, jobs, after), here,
-                                         lambda *a: run_grid(*a, cwd=here)))
-    assert len(set(said)) >= 2                          # the sweep met more than one moment
+        assert_one_true_line(interrupt(here, jobs, after), here, lambda *a: run_grid(*a, cwd=here))
 
 
 def test_ctrl_c_while_the_job_file_runs_is_an_interruption_not_a_job_file_error(batch, run_grid):

@@ -6,8 +6,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import write
-from test_engine import Crash, ScriptedBackend
+from helpers import Crash, ScriptedBackend, make_engine, write
 
 
 def load(batch: Path, text: str, name: str = "jobs.py") -> list:
@@ -130,18 +129,10 @@ class BundlingBackend(ScriptedBackend):
 
 
 def bulk_engine(batch: Path, names: list, backend: grid.Backend, **kw) -> grid.Engine:
-    store = grid.Store.open(batch, "submit", create=True)
-    jobs = [grid.Job(num=i, name=name) for i, name in enumerate(names, 1)]
-    specs = [grid.JobSpec(name=name, jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
-             for name in names]
-    store.create_batch({"tag": "grid-test", "backend": "scripted", "bulk": True}, jobs, specs)
-    return grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
-                       interval=kw.pop("interval", 0.001), **kw)
+    return make_engine(batch, names, backend, bulk=True, **kw)
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(grid, "backoff", lambda attempt, base=1.0: 0.001)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def assert_each_job_once(backend, jobs, n):

@@ -24,9 +24,7 @@ class OneCall(grid.Backend):
         return [grid.LoggingRecord("Received", "Job accepted", "Unknown", 1.0e9, "JobManager")]
 
 
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(grid, "backoff", lambda attempt, base=1.0: 0.001)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def test_a_failed_logging_info_call_is_one_error_with_its_fix_and_no_traceback(batch, monkeypatch, capfd):

@@ -5,7 +5,7 @@ import time
 import pytest
 
 import grid
-from helpers import EXAMPLES
+from helpers import EXAMPLES, new_batch
 
 
 def test_no_proxy_is_one_line_with_the_command_to_run(run_grid, batch, tmp_path):
@@ -101,15 +101,12 @@ def test_server_times_are_utc_and_init_errors_read_as_one_line():
 
 def test_status_warns_loudly_about_outputs_the_server_will_soon_delete(run_grid, batch):
     now = time.time()
-    store = grid.Store.open(batch, "submit", create=True)
     jobs = [grid.Job(num=1, name="old", status=grid.DONE, dirac_id=11, ended=now - 6.5 * 86400),
             grid.Job(num=2, name="older", status=grid.FAILED, dirac_id=12, ended=now - 5.5 * 86400),
             grid.Job(num=3, name="fresh", status=grid.DONE, dirac_id=13, ended=now - 86400),
             grid.Job(num=4, name="fetched", status=grid.DONE, dirac_id=14, ended=now - 6 * 86400,
                      output="succeeded/00004_fetched")]
-    spec = grid.JobSpec(name="x", jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
-    store.create_batch({"tag": "grid-t", "backend": "dirac"}, jobs, [spec] * 4)
-    store.close()
+    new_batch(batch, jobs, {"tag": "grid-t", "backend": "dirac"}).close()
     result = run_grid("status")
     assert result.returncode == 0
     assert result.stderr == ("grid: warning: outputs of 2 job(s) not downloaded yet: DIRAC deletes them about "
@@ -141,5 +138,5 @@ def test_the_batch_tag_replaces_diracs_default_job_group_but_not_the_users_own()
         job.setJobGroup("labvo")
         job.setExecutable("true")
     own.setJobGroup("my-analysis")
-    specs = [grid.job_spec(job, grid.Path("jobs.py"), 1, "grid-b-1234") for job in (default, own)]
+    specs = [spec for job in (default, own) for spec in grid.job_specs(job, grid.Path("jobs.py"), 1, "grid-b-1234")]
     assert [grid.GROUP_PATTERN.search(spec.jdl).group(1) for spec in specs] == ["grid-b-1234", "my-analysis"]

@@ -1,78 +1,14 @@
 """The engine with a scripted backend: bulk polling of active jobs only, retries, bounded failures."""
 import io
 import time
-from pathlib import Path
 
 import gevent
 import pytest
 
 import grid
+from helpers import PATH, Crash, ScriptedBackend, make_engine
 
-PATH = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING]
-
-
-class ScriptedBackend(grid.Backend):
-    """Accepts every job; each status call moves each asked job one step towards its end status."""
-
-    name = "scripted"
-
-    def __init__(self, end=lambda job_id: grid.DONE, submit_failures=0, status_failures=0,
-                 fetch_failures=lambda job_id: 0):
-        self.end, self.submit_failures, self.status_failures = end, submit_failures, status_failures
-        self.fetch_failures = fetch_failures
-        self.next_id, self.step, self.status_calls, self.fetches = 1000, {}, [], {}
-        self.submitted = []
-        self.final, self.asked_after_final = set(), set()
-        self.server = {}                                   # every job the "server" accepted: {id: tag}
-
-    def submit(self, spec, tag):
-        if self.submit_failures:
-            self.submit_failures -= 1
-            raise grid.CallFailed("JobManager unreachable")
-        self.next_id += 1
-        self.step[self.next_id] = 0
-        self.submitted.append(tag)
-        self.server[self.next_id] = tag
-        return self.next_id
-
-    def find(self, tags, groups, known, since=0.0):
-        return {tag: job_id for job_id, tag in self.server.items() if tag in tags and job_id not in known}
-
-    def status(self, ids):
-        self.status_calls.append(list(ids))
-        if self.status_failures:
-            self.status_failures -= 1
-            raise grid.CallFailed("connection refused")
-        self.asked_after_final |= self.final & set(ids)
-        states = {}
-        for job_id in ids:
-            self.step[job_id] += 1
-            step = self.step[job_id]
-            states[job_id] = grid.JobState(PATH[step] if step < len(PATH) else self.end(job_id), "minor")
-            if grid.is_final(states[job_id].status):
-                self.final.add(job_id)
-        return states
-
-    def fetch_output(self, job_id, dest: Path):
-        self.fetches[job_id] = self.fetches.get(job_id, 0) + 1
-        if self.fetches[job_id] <= self.fetch_failures(job_id):
-            raise grid.CallFailed("sandbox store down")
-        (dest / "std.out").write_text(f"output of {job_id}\n")
-
-
-def make_engine(batch: Path, n: int, backend: grid.Backend, **kw) -> grid.Engine:
-    store = grid.Store.open(batch, "submit", create=True)
-    jobs = [grid.Job(num=i, name=f"job-{i}") for i in range(1, n + 1)]
-    specs = [grid.JobSpec(name=j.name, jdl="[]", xml="", steps=[], input_sandbox=[], output_sandbox=[])
-             for j in jobs]
-    store.create_batch({"tag": "grid-test", "backend": "scripted"}, jobs, specs)
-    return grid.Engine(store, backend, grid.Display(io.StringIO()), batch,
-                       interval=kw.pop("interval", 0.001), **kw)
-
-
-@pytest.fixture(autouse=True)
-def fast_backoff(monkeypatch):
-    monkeypatch.setattr(grid, "backoff", lambda attempt, base=1.0: 0.001)
+pytestmark = pytest.mark.usefixtures("fast_backoff")
 
 
 def test_every_job_is_submitted_once_and_ends_downloaded(batch):
@@ -166,10 +102,6 @@ def test_the_loop_stays_responsive_while_threaded_calls_block(batch):
     assert elapsed < 16 * 0.2 / 3                   # the 16 submissions overlapped
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert max(gaps) < 0.15                          # and the loop never stalled for a whole call
-
-
-class Crash(BaseException):
-    """Stands for SIGKILL inside a call: nothing after it runs."""
 
 
 class CrashingBackend(ScriptedBackend):

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 import grid
+from helpers import new_batch
 
 ACTIVE = [grid.RECEIVED, grid.WAITING, grid.MATCHED, grid.RUNNING, grid.STALLED, grid.COMPLETED]
 ENDED = [grid.DONE, grid.FAILED, grid.KILLED, grid.DELETED]
@@ -28,12 +29,9 @@ class CountingBackend(grid.Backend):
 
 def batch_with(batch: Path, statuses: list) -> grid.Store:
     """A submitted batch whose job i has DIRAC id 5000 + i and status statuses[i - 1]."""
-    store = grid.Store.open(batch, "watch", create=True)
     jobs = [grid.Job(num=i, name=f"j{i}", status=status, dirac_id=5000 + i, ids=[5000 + i], attempts=1)
             for i, status in enumerate(statuses, 1)]
-    specs = [b""] * len(jobs)
-    store.create_batch({"tag": "grid-count", "backend": "counting"}, jobs, specs)
-    return store
+    return new_batch(batch, jobs, {"tag": "grid-count", "backend": "counting"}, [b""] * len(jobs), "watch")
 
 
 def mixed_statuses(total: int) -> list:
@@ -131,6 +129,26 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     third = backend.status(list(range(1, 11)) + list(range(14, 1001)))     # nothing moved since
     assert [name for name, _ in fake.calls] == ["getJobsStates"]
     assert third[1].site == "LCG.CERN.cern"                                # the site it was told before
+
+
+def test_a_job_caught_between_the_updates_of_its_end_gets_how_it_ended(monkeypatch):
+    """Seen on the lab's real WMS: getJobsStates said Done with the minor status of the step before
+    ("Output Sandbox Uploaded"); the record read next has the last word, and a Done job is never
+    asked about again."""
+    class Racing(FakeMonitoring):
+        def getJobsStates(self, ids):
+            self.calls.append(("getJobsStates", list(ids)))
+            return {"OK": True, "Value": {7: {"Status": grid.DONE, "MinorStatus": "Output Sandbox Uploaded",
+                                              "ApplicationStatus": "echo successful"}}}
+
+        def getJobsSummary(self, ids):
+            summary = super().getJobsSummary(ids)
+            summary["Value"][7].update(MinorStatus="Execution Complete", ApplicationStatus="echo successful")
+            return summary
+
+    backend = dirac_backend(monkeypatch, Racing({7: (grid.DONE, "DIRAC.Lab.local")}))
+    state = backend.status([7])[7]
+    assert (state.status, state.minor, state.app) == (grid.DONE, "Execution Complete", "echo successful")
 
 
 def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch):

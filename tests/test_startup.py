@@ -1,9 +1,11 @@
 """Start-up: commands that only read the batch import neither gevent nor DIRAC; the commands that run
-the engine patch for gevent as before, reading the installed packages' metadata once."""
+the engine patch for gevent as before, reading the installed packages' metadata once; only `report`
+imports matplotlib."""
 import os
 import subprocess
 import sys
 
+import grid
 from helpers import ROOT, grid_cmd
 
 PROBE = """
@@ -50,3 +52,19 @@ def test_engine_commands_patch_threads_stay_real_and_metadata_is_read_once():
     assert int(reads) == 1                              # gevent asks 21 times; one read answers them all
     assert (socket, time, threading) == ("True", "True", "False")   # threads stay real for DIRAC
     assert where == "importlib.metadata"                # the look-up is the standard one again
+
+
+def imported(argv: list, cwd) -> set:
+    """Every top-level package a command imports (python -X importtime names each module)."""
+    done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], cwd=cwd, capture_output=True, text=True)
+    return {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines() if "|" in line}
+
+
+def test_only_report_imports_matplotlib_and_none_of_these_imports_dirac(batch):
+    store = grid.Store.open(batch, "submit", create=True)
+    store.create_batch({"tag": "grid-startup", "backend": "local"}, [grid.Job(num=1, name="one")], [b""])
+    store.close()
+    for command in (["--help"], ["status"], ["status", "--json"], ["failures"], ["list"]):
+        packages = imported(grid_cmd(*command), batch)
+        assert "matplotlib" not in packages and "DIRAC" not in packages, command
+    assert "matplotlib" in imported(grid_cmd("report"), batch)

@@ -10,7 +10,7 @@ import plyvel
 import pytest
 
 import grid
-from helpers import EXAMPLES, ROOT
+from helpers import EXAMPLES, ROOT, new_batch
 
 HOLD = """
 import sys, time
@@ -24,12 +24,8 @@ time.sleep(60)
 
 
 def make_batch(batch: Path, n: int = 3) -> None:
-    store = grid.Store.open(batch, "submit", create=True)
     jobs = [grid.Job(num=i, name=f"job-{i}") for i in range(1, n + 1)]
-    specs = [grid.JobSpec(name=j.name, jdl="", xml="", steps=[], input_sandbox=[], output_sandbox=[])
-             for j in jobs]
-    store.create_batch({"tag": "t", "backend": "local"}, jobs, specs)
-    store.close()
+    new_batch(batch, jobs, {"tag": "t", "backend": "local"}).close()
 
 
 def test_reopen_keeps_jobs_and_specs(batch):

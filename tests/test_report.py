@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, ROOT, grid_cmd, write
-from test_engine import ScriptedBackend, make_engine
+from helpers import EXAMPLES, ROOT, ScriptedBackend, grid_cmd, make_engine, write
 
 # Two reasons to fail (a step that exits 3, a program that does not exist), each retried once by
 # --retries 1 and failing again; one job that fails with exit 3 the first time and is Done the second.

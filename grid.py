@@ -18,9 +18,11 @@ A directory is a batch. From a fresh one:
     python grid.py kill 3 7 | reschedule 3   kill jobs; run a job again under its DIRAC id
     python grid.py failures | why 3 | logs 3 failed jobs grouped by reason; one job; its stdout
     python grid.py export --csv - | list     every stored field per job; the batches under here
+    python grid.py lfns --status Done        the output data LFNs, one per line (--data on submit/watch)
     python grid.py report                    the batch as one HTML page with plots (report.html)
 
-Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job.
+Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one folder per job: the
+output sandbox and the output data files (``setOutputData``), each verified against the catalogue.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
 
 Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors, Statuses, Jobs,
@@ -81,6 +83,7 @@ import contextlib  # noqa: E402
 import csv  # noqa: E402
 import datetime  # noqa: E402
 import fcntl  # noqa: E402
+import fnmatch  # noqa: E402
 import gc  # noqa: E402
 import glob  # noqa: E402
 import io  # noqa: E402
@@ -88,6 +91,8 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import functools  # noqa: E402
 import marshal  # noqa: E402
+import os  # noqa: E402
+import posixpath  # noqa: E402
 import pwd  # noqa: E402
 import random  # noqa: E402
 import re  # noqa: E402
@@ -151,6 +156,11 @@ INTERVAL = {"dirac": 20.0, "local": 0.2}   # seconds between status sweeps
 BACKOFF_MAX = 300.0                  # longest wait between retries of a failing server
 SUBMIT_ATTEMPTS = 5                  # tries per job before its submission is reported as failed
 DOWNLOAD_ATTEMPTS = 5                # tries per output before the download is reported as failed
+FILES_PARALLEL = 4                   # files of one job downloading at once (within the download pool)
+DISK_RESERVE = 256 * 2**20           # bytes of the batch's disk that downloads leave free (at most
+DISK_RESERVE_SHARE = 0.05            # this share of a small disk)
+DISK_POLL = 10.0                     # seconds between looks at the free space while downloads pause
+DATA_CHOICES = ("all", "none")       # --data: which output data files are downloaded
 LOCAL_POLL = 0.05                    # seconds between the local site's looks at its running jobs
 LOCAL_SCAN_EVERY = 5.0               # seconds between its looks at every job, when nothing says to look
 LOCAL_SITE_IDLE = 1.0                # seconds the local site stays with nothing to do before it exits
@@ -272,6 +282,14 @@ class ProxyExpired(CallFailed):
     """The grid proxy has expired or is gone: every call waits until a fresh one appears."""
 
 
+class FileUnavailable(CallFailed):
+    """A file on grid storage that cannot be had now (missing from storage, bad on every replica)."""
+
+
+class DataIncomplete(CallFailed):
+    """Some of a job's selected files could not be downloaded; the others are kept for the next try."""
+
+
 # ==================================================================================================
 # Statuses
 # ==================================================================================================
@@ -356,10 +374,11 @@ class Job:
     past: list = field(default_factory=list)         # earlier attempts, oldest first (see retire_attempt)
     ended: float = 0.0                               # when it became final, by the server's clock if known
     missing: list = field(default_factory=list)      # declared outputs it did not produce: [name, kind]
+    outputs: Optional[list] = None                   # files on grid storage (output_record); None: not looked up
 
     # The order of the stored record: a new field goes at the end (older records just lack it).
     FIELDS = ("num", "name", "status", "minor", "app", "site", "dirac_id", "ids", "attempts",
-              "history", "output", "error", "download_tries", "intent", "past", "ended", "missing")
+              "history", "output", "error", "download_tries", "intent", "past", "ended", "missing", "outputs")
 
     def to_dict(self) -> dict:
         return {f: getattr(self, f) for f in self.FIELDS}
@@ -394,9 +413,19 @@ class Job:
         return not is_final(self.status) if self.submitted else self.status == SUBMITTING
 
     @property
+    def data_missing(self) -> list:
+        """Its selected data files on grid storage that are not in its folder yet (see DataSelection)."""
+        return [r for r in self.outputs or ()
+                if r["kind"] == "data" and r.get("wanted", True) and not r["downloaded"]]
+
+    @property
+    def output_missing(self) -> bool:
+        """Final, and its output folder is not there yet or lacks selected files (--data widened)."""
+        return self.submitted and is_final(self.status) and (not self.output or bool(self.data_missing))
+
+    @property
     def needs_download(self) -> bool:
-        return (self.submitted and is_final(self.status) and not self.output
-                and self.download_tries < DOWNLOAD_ATTEMPTS)
+        return self.output_missing and self.download_tries < DOWNLOAD_ATTEMPTS
 
     @property
     def ended_at(self) -> float:
@@ -410,6 +439,64 @@ class Job:
 
     def output_folder(self) -> str:
         return os.path.join(SUCCEEDED_DIR if self.status == DONE else FAILED_DIR, self.folder_name())
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One file a job left on grid storage, as the catalogue knows it: the plain data a backend
+    reports, so that finding, downloading and checking files stays backend-neutral."""
+
+    lfn: str
+    size: int
+    adler32: str = ""                 # hex, as the catalogue keeps it; "" when it has none
+    kind: str = "data"                # "data" (setOutputData) or "sandbox" (an output sandbox too big
+                                      # for the sandbox store, as a tar archive)
+    registered: bool = True           # False: declared by the job, but not in the catalogue
+
+    @property
+    def name(self) -> str:
+        return self.lfn.rstrip("/").rsplit("/", 1)[-1]
+
+
+def output_record(file: OutputFile) -> dict:
+    """How a job's record keeps one of its files: what the catalogue says, and how its download went
+    (`downloaded` once it is in the job's folder and verified, `problem` when it could not be)."""
+    problem = "" if file.registered else "declared by the job but not in the catalogue: never uploaded"
+    return {"lfn": file.lfn, "size": file.size, "adler32": file.adler32, "kind": file.kind,
+            "registered": file.registered, "wanted": True, "downloaded": False, "problem": problem}
+
+
+def record_name(record: dict) -> str:
+    """The file's name in the job's folder: the last part of its LFN."""
+    return record["lfn"].rstrip("/").rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
+class DataSelection:
+    """Which output data files are downloaded (--data, --data-pattern; kept in the batch's meta).
+    Every file is looked up and listed (`grid lfns`) either way."""
+
+    data: str = "all"
+    pattern: str = ""                 # a glob on the file name, or on the whole LFN if it has a "/"
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "DataSelection":
+        return cls(meta.get("data") or "all", meta.get("data_pattern") or "")
+
+    def apply(self, jobs: Iterable[Job]) -> None:
+        """Mark each known file wanted or not under this selection (it may have changed since)."""
+        for job in jobs:
+            for record in job.outputs or ():
+                record["wanted"] = self.wants(record)
+
+    def wants(self, record: dict) -> bool:
+        if record["kind"] != "data":
+            return True                          # an output sandbox is always fetched
+        if self.data == "none" or not record.get("registered", True):
+            return False
+        if not self.pattern:
+            return True
+        return fnmatch.fnmatchcase(record["lfn"] if "/" in self.pattern else record_name(record), self.pattern)
 
 
 @dataclass(slots=True)
@@ -762,6 +849,10 @@ class Store:
             self.db = plyvel.DB(str(self.path))
 
     @plyvel_errors_converted
+    def update_meta(self, **changes: Any) -> None:
+        self.db.put(b"meta", json.dumps({**self.meta(), **changes}).encode(), sync=True)
+
+    @plyvel_errors_converted
     def save(self, *jobs: Job, sync: bool = False) -> None:
         """sync=True for what only we know (a new DIRAC id); the rest the server can tell us again."""
         with self.db.write_batch(transaction=True, sync=sync) as batch:
@@ -885,6 +976,7 @@ class SpecSpool:
         self.names: list[str] = []
         self.offsets: list[int] = []
         self.end = 0                           # appends are buffered: no seek, no write per spec
+        self.sequences: list[list[int]] = []   # [first, last] local numbers of each parametric job
 
     def append(self, spec: JobSpec) -> None:
         record = spec.to_bytes()
@@ -898,6 +990,13 @@ class SpecSpool:
 
     def __len__(self) -> int:
         return len(self.names)
+
+    def extend(self, specs: list[JobSpec]) -> None:
+        """The jobs of one submit(): a parametric job's N jobs are remembered as one sequence."""
+        if len(specs) > 1:
+            self.sequences.append([len(self) + 1, len(self) + len(specs)])
+        for spec in specs:
+            self.append(spec)
 
     def blob(self, index: int) -> bytes:
         self.file.seek(self.offsets[index])
@@ -966,7 +1065,7 @@ def run_job_file(path: Path, job_class: type, batch_tag: str, specs: SpecSpool,
             raise JobFileError(f"{path}:{line}: the same Job object is submitted twice",
                                "create a new Job() for every job")
         job._grid_submitted = True          # marks the object without keeping it alive
-        specs.append(job_spec(job, path, line, batch_tag))
+        specs.extend(job_specs(job, path, line, batch_tag))
 
     namespace = {"__name__": "__main__", "__file__": str(path), "submit": submit, "Job": defined}
     if defined is not job_class:
@@ -992,8 +1091,9 @@ def where_in(path: Path, error: BaseException) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
-def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
-    """Freeze a DIRAC Job into a JobSpec: absolute input sandbox paths, tagged with the batch."""
+def job_specs(job: Any, path: Path, line: int, batch_tag: str) -> list[JobSpec]:
+    """Freeze a DIRAC Job into JobSpecs: absolute input sandbox paths, tagged with the batch; one
+    spec, or one per parameter set of a parametric job (see expand_parametric)."""
     origin = f"{path}:{line}"
     if job.errorDict:
         problems = "; ".join(f"{CALLER_OF.get(k, k)}: {', '.join(map(dirac_report_message, v))}"
@@ -1012,17 +1112,132 @@ def job_spec(job: Any, path: Path, line: int, batch_tag: str) -> JobSpec:
     outputs = workflow.findParameter("OutputSandbox")
     name_param = workflow.findParameter("JobName")
     name = name_param.getValue() if name_param else "Name"
+    xml = job._toXML()
+    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
+    if job.numberOfParameters or PARAMETRIC_JDL.search(jdl):     # the server would make several jobs
+        return expand_parametric(job, jdl, name, path, origin)
+    return [JobSpec(name=name, jdl=jdl, xml=xml, steps=workflow_steps(workflow), input_sandbox=inputs,
+                    output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
+                    origin=origin)]
+
+
+def workflow_steps(workflow: Any) -> list[list[str]]:
+    """[executable, arguments, log file] of each setExecutable step, as DIRAC's Script module takes
+    them: a step without arguments of its own takes the workflow's `arguments` (a parametric job's)."""
+    fallback = workflow.findParameter("arguments")
+    fallback = str(fallback.getValue() or "") if fallback else ""
     steps = []
     for step in workflow.step_instances:
         params = {p.getName(): p.getValue() for p in step.parameters}
         if "executable" in params:
-            steps.append([str(params["executable"]), str(params.get("arguments") or ""),
+            arguments = str(params.get("arguments") or "")
+            steps.append([str(params["executable"]), arguments if arguments.strip() else fallback,
                           str(params.get("applicationLog") or f"Script{len(steps) + 1}_CodeOutput.log")])
-    xml = job._toXML()
-    jdl = job._toJDL(jobDescriptionObject=io.StringIO(xml))
-    return JobSpec(name=name, jdl=jdl, xml=xml, steps=steps, input_sandbox=inputs,
-                   output_sandbox=[o for o in (outputs.getValue().split(";") if outputs else []) if o],
-                   origin=origin)
+    return steps
+
+
+# -- parametric jobs: one submit() of a job with parameter sequences is N jobs ---------------------
+# j.setParameterSequence('args', [...]) makes a parametric job, which DIRAC's JobManager expands on
+# the server (generateParametricJobs): in every JDL attribute "%n" becomes the job's index (zero
+# padded), "%(name)s" the job's value of sequence `name` and "%s" that of the unnamed sequence (1
+# for a Job API job); DIRAC's JDL lists keep no spaces or double quotes inside values. Arguments
+# with parameters reach the job through the JDL, as `-p arguments='...'` switches of dirac-jobexec,
+# which the job wrapper runs through a shell and which set the workflow parameter of that name.
+# grid.py expands with DIRAC's own function when the job file is loaded and bakes each job's values
+# into its workflow, as dirac-jobexec would: each of the N jobs is a plain job with its own record,
+# folder, tag and resubmission, and the same on both backends. On DIRAC they go as one parametric
+# job again (the engine bundles a sequence), so the server still creates them in one call.
+
+# What the job wrapper's shell would act on outside quotes, and what ends a single-quoted word.
+SHELL_SPECIAL = re.compile(r"[|&;<>()$`\\\"'*?\[]|(^|\s)[#~]")
+PARAMETRIC_JDL = re.compile(r"^\s*Parameters\s*=", re.MULTILINE)
+PARAMETER_ATTRIBUTE = re.compile(r"Parameters?(\..*)?$|Parameter(Number|Start|Step|Factor)(\..*)?$")
+
+
+def expand_parametric(job: Any, jdl: str, name: str, path: Path, origin: str) -> list[JobSpec]:
+    """The N plain jobs of a parametric job, in parameter order, as DIRAC's server makes them."""
+    from DIRAC.WorkloadManagementSystem.Utilities.ParametricJob import generateParametricJobs
+    expanded = generateParametricJobs(jdl_classad(jdl))
+    if not expanded["OK"]:
+        raise JobFileError(f"{origin}: DIRAC cannot expand this parametric job: {expanded['Message']}",
+                           "give every parameter sequence the same number of values, none with a comma or a semicolon")
+    workflow, specs = job.workflow, []
+    original = {p.getName(): p.getValue() for p in workflow.parameters}
+    added = set(job.addToOutputSandbox)
+    try:
+        for one in expanded["Value"]:
+            classad = jdl_classad(one)
+            arguments, values = jobexec_switches(classad.getAttributeString("Arguments"), origin)
+            classad.insertAttributeString("Arguments", arguments)
+            for attribute in classad.getAttributes():
+                if PARAMETER_ATTRIBUTE.match(attribute):
+                    classad.deleteAttribute(attribute)
+            inputs = [resolve_sandbox_entry(entry, path, origin) for entry in list_attribute(classad, "InputSandbox")]
+            if inputs:
+                classad.insertAttributeVectorString("InputSandbox", inputs)
+            set_workflow_values(workflow, values)
+            specs.append(JobSpec(name=classad.getAttributeString("JobName") or name, jdl=classad.asJDL(),
+                                 xml=workflow.toXML(), steps=workflow_steps(workflow), input_sandbox=inputs,
+                                 output_sandbox=[o for o in list_attribute(classad, "OutputSandbox")
+                                                 if o not in added],
+                                 origin=origin))
+    finally:
+        set_workflow_values(workflow, original)
+    return specs
+
+
+def jobexec_switches(arguments: str, origin: str) -> tuple[str, dict[str, str]]:
+    """dirac-jobexec's arguments of one job, without its `-p name=value` switches, and those values
+    as dirac-jobexec reads them. What the job wrapper's shell would change, or dirac-jobexec cannot
+    read (a second "="), fails on the grid: refused here, for both backends."""
+    if SHELL_SPECIAL.search(re.sub(r"'[^']*'", "", arguments)):
+        raise JobFileError(f"{origin}: a parameter value has a character the DIRAC job wrapper's shell would "
+                           f"act on (it runs `dirac-jobexec {arguments}`)",
+                           "use parameter values without quotes, $, `, \\, ;, &, |, <, >, (, ), *, ? or [")
+    words, kept, values = shlex.split(arguments), [], {}
+    while words:
+        word = words.pop(0)
+        if word != "-p" or not words:
+            kept.append(word)
+            continue
+        key, _, value = words.pop(0).partition("=")
+        if "=" in value:
+            raise JobFileError(f"{origin}: the parameter value {value!r} has a '=', which DIRAC's "
+                               f"dirac-jobexec cannot read (`-p {key}={value}`): the job would fail on the grid",
+                               "use parameter values without '='")
+        value = value.strip()
+        if value.startswith("{"):                    # dirac-jobexec's lists
+            value = ";".join(value[1:-1].replace('"', "").replace(" ", "").split(","))
+        values[key] = value
+    return shlex.join(kept), values
+
+
+def set_workflow_values(workflow: Any, values: dict[str, str]) -> None:
+    """What dirac-jobexec does with its `-p` switches: set the workflow's parameters of those names
+    (a name the workflow lacks changes nothing), and those of its modules."""
+    for key, value in values.items():
+        if workflow.parameters.find(key):
+            workflow.setValue(key, value)
+        for definition in workflow.step_definitions.values():
+            for module in definition.module_instances:
+                if module.parameters.find(key):
+                    module.parameters.setValue(key, value)
+
+
+def jdl_classad(jdl: str) -> Any:
+    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
+    text = jdl.strip()
+    return ClassAd(text if text.startswith("[") else f"[{text}]")
+
+
+def jdl_attributes(jdl: str) -> dict[str, str]:
+    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
+    classad = jdl_classad(jdl)
+    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
+
+
+def list_attribute(classad: Any, name: str) -> list[str]:
+    return [entry for entry in classad.getListFromExpression(name) if entry] if classad.lookupAttribute(name) else []
 
 
 def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
@@ -1116,8 +1331,9 @@ def import_dirac_job() -> type:
 
 
 def quiet_dirac_logs(logger: Any) -> None:
-    """DIRAC's own log lines would interleave with ours; its errors reach the user through ours."""
-    logger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "ERROR"))
+    """DIRAC's own log lines would interleave with ours; its errors reach the user through ours. Even
+    ERROR: DISET logs a traceback for every connection reset while a service stops or starts."""
+    logger.setLevel(os.environ.get("GRID_DIRAC_LOGLEVEL", "FATAL"))
 
 
 # ==================================================================================================
@@ -1126,6 +1342,9 @@ def quiet_dirac_logs(logger: Any) -> None:
 # A backend does five things: submit a job, report the state of many jobs at once, fetch a job's
 # output into an empty folder, kill jobs, and tell one job's detailed history. Calls block;
 # `threaded` tells the engine to run them in its threadpool. Failures that may pass raise CallFailed.
+# A backend with grid storage also names the files a job left there (OutputFile: output data, and an
+# output sandbox too big for the sandbox store) and downloads one replica of a file; checking and
+# placing them is the Downloads section's work, the same for every backend.
 
 class Backend:
     name = "?"
@@ -1160,7 +1379,27 @@ class Backend:
         """Submit several jobs in one call; their ids, in the order of specs."""
         raise NotImplementedError
 
-    def fetch_output(self, job_id: int, dest: Path) -> None:
+    def fetch_output(self, job_id: int, dest: Path) -> Optional[bool]:
+        """Fetch the job's output sandbox into the empty folder dest. False: the sandbox store has
+        none for it, so it may be on grid storage (grid_sandbox); None or True: dest is the sandbox."""
+        raise NotImplementedError
+
+    def job_outputs(self, job_id: int, done: bool) -> list[OutputFile]:
+        """The output data files the job left on grid storage (done: it ended Done, so every declared
+        file should be there). A backend without grid storage has none."""
+        return []
+
+    def grid_sandbox(self, job_id: int) -> Optional[OutputFile]:
+        """The job's output sandbox as a file on grid storage, when it was too big for the sandbox store."""
+        return None
+
+    def replicas(self, lfn: str) -> list[str]:
+        """The storage elements that hold a copy of the file, each to be tried on its own."""
+        return []
+
+    def fetch_file(self, lfn: str, dest: Path, replica: Optional[str] = None) -> Path:
+        """Download one copy of a file (from `replica`, or the backend's choice) into the empty folder
+        dest; returns its path. The copy may be bad: the caller checks it against the catalogue."""
         raise NotImplementedError
 
     def ready_output(self, job_id: int) -> Optional[Path]:
@@ -1211,18 +1450,6 @@ JOB_DESCRIPTION = "jobDescription.xml"
 BUNDLE_FIXED = ("Arguments", "Executable", "InputSandbox")   # the same for every job of a bundle
 BUNDLE_VALUE = re.compile(r"[A-Za-z0-9_.:/+=@~#-]+")         # what a parameter list carries intact
 ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-def jdl_classad(jdl: str) -> Any:
-    from DIRAC.Core.Utilities.ClassAd.ClassAdLight import ClassAd
-    text = jdl.strip()
-    return ClassAd(text if text.startswith("[") else f"[{text}]")
-
-
-def jdl_attributes(jdl: str) -> dict[str, str]:
-    """A JDL's attributes as DIRAC's own parser reads them: {name: expression}; {} if it cannot."""
-    classad = jdl_classad(jdl)
-    return {name: classad.get_expression(name) for name in classad.getAttributes()} if classad.isOK() else {}
 
 
 def parametric_key(spec: JobSpec) -> Optional[tuple]:
@@ -1322,6 +1549,14 @@ class DiracClients:
     def stale(self, credentials: tuple) -> bool:
         return credentials != self.credentials or time.monotonic() - self.born > CLIENTS_MAX_AGE
 
+    @property
+    def data_manager(self) -> Any:
+        """DIRAC's DataManager (with its file catalogue), made on a thread's first file."""
+        if getattr(self, "_data_manager", None) is None:
+            from DIRAC.DataManagementSystem.Client.DataManager import DataManager
+            self._data_manager = DataManager()
+        return self._data_manager
+
 
 def kept_rpc(client_class: type, rpc: Any) -> Any:
     """An instance of one of DIRAC's Client classes whose calls all go through `rpc`."""
@@ -1356,6 +1591,66 @@ def credentials_stamp() -> tuple:
     return (path, info.st_ino, info.st_mtime_ns, info.st_size)
 
 
+# -- outputs on grid storage: DIRAC's conventions for user jobs ------------------------------------
+# The JobWrapper uploads a job's OutputData to /<vo>/<LFNUserPrefix>/<o>/<owner>/<job id // 1000>/<job
+# id>/<name> (or under OutputPath) and registers it in the file catalogue; an output sandbox too big
+# for the sandbox store goes there too, as a tar archive named LDSB.<random>. Job parameters
+# (UploadedOutputData, OutputSandboxLFN) say the same where the server keeps them (OpenSearch), which
+# many installations do not: the job's description and the catalogue are the normal way.
+
+GRID_SANDBOX_PREFIX = "LDSB."
+
+
+@dataclass(slots=True)
+class OutputPlan:
+    """Where a DIRAC job's outputs go, from its JDL as the server keeps it."""
+
+    owner: str
+    group: str
+    path: str                          # OutputPath ("" if none)
+    data: list                         # OutputData entries: file names, globs or LFN:s
+
+    @classmethod
+    def from_jdl(cls, jdl: str) -> "OutputPlan":
+        classad = jdl_classad(jdl)
+
+        def text(name: str) -> str:
+            return classad.getAttributeString(name) if classad.lookupAttribute(name) else ""
+        data = classad.getListFromExpression("OutputData") if classad.lookupAttribute("OutputData") else []
+        return cls(text("Owner"), text("OwnerGroup"), text("OutputPath"), [d for d in data if d])
+
+
+def user_lfn(entry: str, base: str, output_path: str, job_id: int) -> str:
+    """The LFN a job's output file gets, as DIRAC's JobWrapper makes it (it has no public helper):
+    an LFN: entry as it is; else under OutputPath (absolute with LFN:, else below the user's base
+    directory), by default in <base>/<job id // 1000>/<job id>/."""
+    if entry.upper().startswith("LFN:"):
+        return entry[4:]
+    if output_path.startswith("LFN:"):
+        directory = output_path[4:]
+    elif output_path:
+        directory = posixpath.join(base, output_path.lstrip("/"))
+    else:
+        directory = f"{base}/{job_id // 1000}/{job_id}"
+    return posixpath.normpath(posixpath.join(directory, posixpath.basename(entry)))
+
+
+def sandbox_went_to_storage(records: list[LoggingRecord]) -> bool:
+    """The job's logging info says its output sandbox was uploaded as output data: the JobWrapper
+    began uploading output data and never reported the sandbox uploaded (a failed job reports no
+    sandbox step at all). Only the job's last run counts."""
+    last_run = records
+    for n, record in enumerate(records):
+        if record.status == RESCHEDULED:
+            last_run = records[n + 1:]
+    minors = [record.minor for record in last_run]
+    return "Uploading Output Data" in minors and "Output Sandbox Uploaded" not in minors
+
+
+def catalogue_file(lfn: str, metadata: dict, kind: str = "data") -> OutputFile:
+    return OutputFile(lfn, int(metadata.get("Size") or 0), str(metadata.get("Checksum") or ""), kind)
+
+
 class DiracBackend(Backend):
     """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
 
@@ -1366,6 +1661,7 @@ class DiracBackend(Backend):
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
         self.reuse_clients = False           # decided by connect(): every service speaks dips://
         self.reported: dict[int, JobState] = {}      # what status() last said about each job
+        self.parameters_unavailable = False  # the server keeps no job parameters (no OpenSearch)
 
     def connect(self) -> None:
         try:
@@ -1437,7 +1733,8 @@ class DiracBackend(Backend):
         thirty attributes, five times the bytes). A job's site changes only with its status, so
         getJobsSites asks only about the jobs whose status just changed to Matched or beyond; a job
         that just ended gets its whole record once instead, for the time it ended (the cleaning
-        deadline counts from it)."""
+        deadline counts from it) and how it ended: getJobsStates was seen to catch a job between
+        the updates of its end (Done, minor status "Output Sandbox Uploaded")."""
         self._require_proxy()
         monitoring = self._clients().monitoring
         answer = self._value(monitoring.getJobsStates(list(ids)), "status query")
@@ -1464,6 +1761,10 @@ class DiracBackend(Backend):
                 state.site = attrs.get("Site", "")
                 if is_final(state.status):
                     state.ended = utc_timestamp(attrs.get("LastUpdateTime"))
+                    if is_final(attrs.get("Status", "")):    # read after: the last word on how it ended
+                        state.status, state.minor, state.app = (
+                            attrs["Status"], attrs.get("MinorStatus", state.minor),
+                            attrs.get("ApplicationStatus", state.app))
             else:
                 state.site = self.reported[job_id].site if job_id in self.reported else None
             if is_final(state.status):
@@ -1533,7 +1834,7 @@ class DiracBackend(Backend):
         self._value(clients.job_manager.confirmBulkSubmission(ids), "bundle confirmation")
         return ids
 
-    def fetch_output(self, job_id: int, dest: Path) -> None:
+    def fetch_output(self, job_id: int, dest: Path) -> bool:
         from DIRAC.WorkloadManagementSystem.Client.SandboxStoreClient import ZstdCompatibleTarFile
         self._require_proxy()
         client = self._clients().sandbox
@@ -1541,12 +1842,123 @@ class DiracBackend(Backend):
         try:
             result = client.downloadSandboxForJob(job_id, "Output", tmp, unpack=False)
             if not result["OK"] and "No Output sandbox" in result.get("Message", ""):
-                return                         # the job registered no output: an empty folder says so
+                return False                   # none registered: too big (on grid storage), or no output
             for archive in self._value(result, "output download"):
                 with ZstdCompatibleTarFile(archive, mode="r") as tar:
                     safe_extract(tar, dest)
+            return True
         finally:
             remove_tree(Path(tmp))
+
+    # -- outputs on grid storage ------------------------------------------------------------------
+
+    def _output_plan(self, job_id: int) -> tuple[OutputPlan, str]:
+        """The job's output plan and the base of its owner's user directory (/<vo>/user/<o>/<owner>)."""
+        from DIRAC.ConfigurationSystem.Client.Helpers.Operations import Operations
+        from DIRAC.ConfigurationSystem.Client.Helpers.Registry import getVOForGroup
+        jdl = self._value(self._clients().monitoring.getJobJDL(int(job_id), False), "job description")
+        plan = OutputPlan.from_jdl(jdl)
+        vo = getVOForGroup(plan.group) or "dirac"
+        prefix = Operations(vo=vo).getValue("LFNUserPrefix", "user")
+        return plan, f"/{vo}/{prefix}/{plan.owner[:1]}/{plan.owner}"
+
+    def _job_parameters(self, job_id: int) -> dict:
+        """The job's parameters, where the server keeps them; {} where it does not. The lab and many
+        installations have no parameter store (OpenSearch): after one failure they are not asked again
+        (a server that is down fails the job description's call next, and that one counts)."""
+        if self.parameters_unavailable:
+            return {}
+        result = self._clients().monitoring.getJobParameters(int(job_id), None)
+        if not result.get("OK"):
+            self.parameters_unavailable = True
+            return {}
+        value = result["Value"]
+        return value.get(int(job_id)) or value.get(str(job_id)) or {}
+
+    def _listing(self, directory: str) -> dict[str, dict]:
+        """{lfn: catalogue metadata} of the files in one catalogue directory; {} if it does not exist."""
+        catalogue = self._clients().data_manager.fileCatalog
+        value = self._value(catalogue.listDirectory(directory), "catalogue listing")
+        if directory in value["Failed"]:
+            reason = str(value["Failed"][directory])
+            if "not exist" in reason.lower() or "no such" in reason.lower():
+                return {}
+            self._value({"OK": False, "Message": reason}, f"catalogue listing of {directory}")
+        entry = value["Successful"].get(directory) or {}
+        return {lfn: details.get("MetaData", details) for lfn, details in entry.get("Files", {}).items()}
+
+    def _metadata(self, lfns: list[str]) -> dict[str, dict]:
+        catalogue = self._clients().data_manager.fileCatalog
+        return self._value(catalogue.getFileMetadata(lfns), "catalogue metadata")["Successful"] if lfns else {}
+
+    def job_outputs(self, job_id: int, done: bool) -> list[OutputFile]:
+        """From the job parameters (UploadedOutputData) where the server has them; otherwise from the
+        job's JDL (OutputData, OutputPath, owner, VO) and DIRAC's LFN convention, each name or glob
+        matched against a listing of its catalogue directory. One or two calls per job (none more
+        when it declared no output data)."""
+        self._require_proxy()
+        uploaded = self._job_parameters(job_id).get("UploadedOutputData", "")
+        if uploaded:
+            lfns = [lfn.strip() for lfn in str(uploaded).split(",") if lfn.strip()]
+            found = self._metadata(lfns)
+            return [catalogue_file(lfn, found[lfn]) if lfn in found else OutputFile(lfn, 0, registered=False)
+                    for lfn in lfns if not posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)]
+        plan, base = self._output_plan(job_id)
+        wanted = [user_lfn(entry, base, plan.path, job_id) for entry in plan.data]
+        listings = {directory: self._listing(directory) for directory in dict.fromkeys(map(posixpath.dirname, wanted))}
+        files: dict[str, OutputFile] = {}
+        for pattern in wanted:
+            listing = listings[posixpath.dirname(pattern)]
+            matches = [lfn for lfn in listing if fnmatch.fnmatchcase(posixpath.basename(lfn), posixpath.basename(pattern))
+                       and not posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)]
+            for lfn in sorted(matches):
+                files.setdefault(lfn, catalogue_file(lfn, listing[lfn]))
+            if not matches and done and not any(c in posixpath.basename(pattern) for c in "*?["):
+                files.setdefault(pattern, OutputFile(pattern, 0, registered=False))
+        return list(files.values())
+
+    def grid_sandbox(self, job_id: int) -> Optional[OutputFile]:
+        """The tarball of an output sandbox the JobWrapper put on grid storage for its size: the newest
+        LDSB.* file of the job's directory. Under a shared OutputPath, the one registered closest after
+        the job began uploading (OutputSandboxLFN, where it exists, is computed without OutputPath)."""
+        records = self.logging_info(job_id)
+        if not sandbox_went_to_storage(records):
+            return None
+        named = self._job_parameters(job_id).get("OutputSandboxLFN", "")
+        if named and (found := self._metadata([named])):
+            return catalogue_file(named, found[named], kind="sandbox")
+        plan, base = self._output_plan(job_id)
+        listing = self._listing(posixpath.dirname(user_lfn(GRID_SANDBOX_PREFIX, base, plan.path, job_id)))
+        tarballs = {lfn: utc_timestamp(meta.get("CreationDate"))
+                    for lfn, meta in listing.items() if posixpath.basename(lfn).startswith(GRID_SANDBOX_PREFIX)}
+        if not tarballs:
+            return None
+        if plan.path:
+            began = max((r.time for r in records if r.minor == "Uploading Output Data"), default=0.0)
+            chosen = min(tarballs, key=lambda lfn: (tarballs[lfn] < began - 5, abs(tarballs[lfn] - began)))
+        else:
+            chosen = max(tarballs, key=tarballs.get)
+        return catalogue_file(chosen, listing[chosen], kind="sandbox")
+
+    def replicas(self, lfn: str) -> list[str]:
+        self._require_proxy()
+        value = self._value(self._clients().data_manager.getActiveReplicas([lfn], getUrl=False), "replica lookup")
+        return sorted(value["Successful"].get(lfn) or {})
+
+    def fetch_file(self, lfn: str, dest: Path, replica: Optional[str] = None) -> Path:
+        """DataManager.getFile into dest (a folder of this file alone: it writes to the final name and
+        leaves a bad copy there). A storage element that does not answer is ServerUnreachable."""
+        self._require_proxy()
+        where = f" from {replica}" if replica else ""
+        value = self._value(self._clients().data_manager.getFile(lfn, destinationDir=str(dest), sourceSE=replica),
+                            f"download of {lfn}{where}")
+        if lfn in value["Successful"]:
+            return Path(value["Successful"][lfn])
+        reason = first_line(str(value["Failed"].get(lfn, "not downloaded")))
+        message = f"download of {posixpath.basename(lfn)}{where}: {reason}"
+        if UNREACHABLE_PATTERN.search(reason):
+            raise ServerUnreachable(message)
+        raise CallFailed(message)
 
     def kill(self, ids: list[int]) -> None:
         self._require_proxy()
@@ -2378,6 +2790,15 @@ def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
         # links, devices and fifos are not extracted: they could point outside the folder
 
 
+def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
+    exception a task raises, and a failed call is an everyday event here, not a bug."""
+    try:
+        return True, fn(*args)
+    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
+        return False, e
+
+
 def read_umask() -> int:
     """The process's umask: it can only be read by setting it, so this runs once, at import, before
     any thread could create a file meanwhile."""
@@ -2389,32 +2810,279 @@ def read_umask() -> int:
 UMASK = read_umask()
 
 
-def download_output(backend: Backend, job: Job, batch_dir: Path) -> str:
-    """Fetch a final job's output into its folder, atomically; returns the folder (relative)."""
-    relative = job.output_folder()
-    final = batch_dir / relative
-    if final.exists():                       # renamed into place before a crash: complete
-        return relative
-    ready = backend.ready_output(job.dirac_id)
-    if ready is not None:                    # built beside us (the local backend): moved, not copied
-        final.parent.mkdir(exist_ok=True)
-        os.rename(ready, final)
-        return relative
-    tmp_root = batch_dir / STATE_DIR / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", dir=tmp_root))
+def direct_call(fn: Callable, *args: Any) -> Any:
+    return fn(*args)
+
+
+def free_bytes(folder: Path) -> tuple[int, int]:
+    """Free and total space of the disk holding folder (patched by tests to fill the disk)."""
+    usage = shutil.disk_usage(folder)
+    return usage.free, usage.total
+
+
+def file_adler32(path: Path) -> str:
+    """The file's adler32 as 8 hex digits, computed as DIRAC's catalogue records it."""
+    value = 1
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            value = zlib.adler32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def same_adler32(first: str, second: str) -> bool:
+    """Hex checksums as equal numbers: catalogues may drop leading zeros or change the case."""
     try:
-        backend.fetch_output(job.dirac_id, tmp)
-        tmp.chmod(0o777 & ~UMASK)            # mkdtemp's 0700 is for .grid/tmp; the folder is the user's
-        final.parent.mkdir(exist_ok=True)
-        os.rename(tmp, final)
-    finally:
-        remove_tree(tmp)
-    return relative
+        return int(first, 16) == int(second, 16)
+    except ValueError:
+        return False
 
 
-def clean_partial_downloads(batch_dir: Path) -> None:
-    remove_tree(batch_dir / STATE_DIR / "tmp")
+def copy_problem(path: Path, record: dict) -> str:
+    """Why a downloaded copy is not the catalogue's file ("" if it is): size first, then adler32."""
+    size = path.stat().st_size
+    if size != record["size"]:
+        return f"wrong size ({size} bytes, the catalogue says {record['size']})"
+    if record["adler32"]:
+        found = file_adler32(path)
+        if not same_adler32(found, record["adler32"]):
+            return f"bad checksum (adler32 {found}, the catalogue says {record['adler32']})"
+    return ""
+
+
+def human_size(size: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return ""
+
+
+class DiskRoom:
+    """Downloads claim their size before they start; while the disk has too little free space (beyond
+    what is claimed and DISK_RESERVE), they pause, said in one line, and resume once space appears."""
+
+    def __init__(self, folder: Path, say: Callable[[str], None], poll: float = DISK_POLL) -> None:
+        self.folder, self.say, self.poll = folder, say, poll
+        self.claimed = 0
+        self.paused = False
+
+    @contextlib.contextmanager
+    def room(self, size: int) -> Iterator[None]:
+        while True:
+            free, total = free_bytes(self.folder)
+            reserve = min(DISK_RESERVE, int(DISK_RESERVE_SHARE * total))
+            if free - self.claimed - size >= reserve:
+                break
+            if not self.paused:
+                self.paused = True
+                self.say(f"downloads paused: the disk of {self.folder.parent} has {human_size(free)} free, "
+                         f"{human_size(size + self.claimed)} more are needed (keeping {human_size(reserve)} "
+                         "spare); free some space and they resume by themselves")
+            gevent.sleep(self.poll)
+        if self.paused:
+            self.paused = False
+            self.say(f"downloads resume: {human_size(free)} free")
+        self.claimed += size
+        try:
+            yield
+        finally:
+            self.claimed -= size
+
+
+def tmp_root(batch_dir: Path) -> Path:
+    return batch_dir / STATE_DIR / "tmp"
+
+
+def stage_name(job: Job) -> str:
+    """The job's staging folder in .grid/tmp: its complete sandbox, then each verified file as it comes.
+    It is kept between runs (a crash loses no verified file) and renamed into place when whole."""
+    return f"{job.num}.{job.dirac_id}.job"
+
+
+class OutputDownloader:
+    """Fetches final jobs' outputs into their folders: the output sandbox (from the sandbox store or,
+    when it was too big, from grid storage) and the selected output data files. Every file is checked
+    against the catalogue's size and adler32 (a bad copy is retried from another replica, and never
+    placed); a job's folder is renamed into place only when all of it is there, so a folder that
+    exists is complete. Backend calls go through `call` (the engine's, which waits out outages and
+    an expired proxy), local work through `blocking` (the threadpool)."""
+
+    def __init__(self, backend: Backend, batch_dir: Path, call: Callable = direct_call,
+                 blocking: Callable = direct_call, selection: DataSelection = DataSelection(),
+                 disk: Optional[DiskRoom] = None, files_parallel: int = FILES_PARALLEL) -> None:
+        self.backend, self.batch_dir, self.call, self.blocking = backend, batch_dir, call, blocking
+        self.selection, self.files_parallel = selection, files_parallel
+        self.disk = disk or DiskRoom(batch_dir / STATE_DIR, lambda text: None)
+        self.tmp = tmp_root(batch_dir)
+
+    def download(self, job: Job) -> str:
+        """Fetch what is missing of a final job's output; returns its folder (relative to the batch).
+        Raises DataIncomplete when some selected file could not be had (the rest is kept)."""
+        relative = job.output_folder()
+        final = self.batch_dir / relative
+        if job.outputs is None:
+            job.outputs = [output_record(f) for f in self.look_up(job)]
+            self.selection.apply([job])
+        if final.exists():              # renamed into place before: complete, but a wider --data
+            place = final               # selection may add files to it, each verified first
+        else:
+            place = self.staged_sandbox(job)
+        self.fetch_data(job, place)
+        if place != final:
+            final.parent.mkdir(exist_ok=True)
+            os.rename(place, final)
+        return relative
+
+    def look_up(self, job: Job) -> list[OutputFile]:
+        try:
+            return self.call(self.backend.job_outputs, job.dirac_id, job.status == DONE)
+        except (ServerUnreachable, ProxyExpired):
+            raise
+        except CallFailed:
+            if job.status == DONE:
+                raise
+            return []                   # a failed job's description may be gone: its sandbox still counts
+
+    def staged_sandbox(self, job: Job) -> Path:
+        """The job's staging folder holding its complete output sandbox, fetched now if it is not there."""
+        stage = self.tmp / stage_name(job)
+        if stage.is_dir():
+            for record in job.outputs:
+                record["downloaded"] |= record["kind"] == "sandbox"     # extracted before a crash
+            return stage
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        ready = self.call(self.backend.ready_output, job.dirac_id)
+        if ready is not None:               # built beside us (the local backend): moved, not copied
+            os.rename(ready, stage)
+            return stage
+        tmp = Path(tempfile.mkdtemp(prefix=f"{job.num}.", suffix=".sandbox", dir=self.tmp))
+        try:
+            tarball = next((r for r in job.outputs if r["kind"] == "sandbox"), None)
+            if tarball is None and self.call(self.backend.fetch_output, job.dirac_id, tmp) is False:
+                found = self.call(self.backend.grid_sandbox, job.dirac_id)
+                if found:
+                    tarball = output_record(found)
+                    job.outputs.append(tarball)
+            if tarball:
+                self.fetch_grid_sandbox(job, tarball, tmp)
+            tmp.chmod(0o777 & ~UMASK)        # mkdtemp's 0700 is for .grid/tmp; the folder is the user's
+            os.rename(tmp, stage)
+        finally:
+            remove_tree(tmp)
+        return stage
+
+    def fetch_grid_sandbox(self, job: Job, record: dict, dest: Path) -> None:
+        """An output sandbox from grid storage: a tar archive (bz2), verified, then extracted as if it
+        had come from the sandbox store."""
+        with self.disk.room(3 * record["size"]):        # the archive, and what it unpacks to
+            part, path = self.fetch_verified(job, record)
+            try:
+                self.blocking(extract_archive, path, dest)
+            finally:
+                remove_tree(part)
+        record["downloaded"], record["problem"] = True, ""
+
+    def fetch_data(self, job: Job, place: Path) -> None:
+        """Each selected data file not in place yet, a few at once; the others go on when one fails."""
+        wanted = job.data_missing
+        if not wanted:
+            return
+        if self.files_parallel > 1:
+            pool = gevent.pool.Pool(self.files_parallel)
+            tasks = [pool.spawn(outcome, self.fetch_one, job, record, place) for record in wanted]
+            try:
+                gevent.joinall(tasks)
+            finally:
+                pool.kill(block=False)      # stopped meanwhile: leave only .grid/tmp behind
+            results = [task.value for task in tasks]
+        else:                               # one by one, e.g. inside a worker thread
+            results = [outcome(self.fetch_one, job, record, place) for record in wanted]
+        failures = [value for ok, value in results if not ok]
+        for failure in failures:            # an outage or an expired proxy first: it costs no try
+            if isinstance(failure, (ServerUnreachable, ProxyExpired)):
+                raise failure
+        for failure in failures:
+            if not isinstance(failure, FileUnavailable):
+                raise failure
+        problems = [r for r in wanted if not r["downloaded"]]
+        if problems:
+            text = "; ".join(f"{record_name(r)}: {r['problem']}" for r in problems[:3])
+            more = f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise DataIncomplete(f"{len(problems)} of {len(wanted)} data file(s) not downloaded: {text}{more}")
+
+    def fetch_one(self, job: Job, record: dict, place: Path) -> None:
+        target = place / record_name(record)
+        if target.is_file() and not self.blocking(copy_problem, target, record):
+            record["downloaded"], record["problem"] = True, ""     # placed before a crash
+            return
+        try:
+            with self.disk.room(record["size"]):
+                part, path = self.fetch_verified(job, record)
+                try:
+                    os.replace(path, target)
+                finally:
+                    remove_tree(part)
+        except FileUnavailable as e:
+            record["problem"] = str(e)
+            raise
+        record["downloaded"], record["problem"] = True, ""
+
+    def fetch_verified(self, job: Job, record: dict) -> tuple[Path, Path]:
+        """A verified copy of the file in a folder of its own in .grid/tmp: (folder, file). The backend
+        chooses the replica first; if that copy is bad or fails, every replica is tried on its own.
+        A storage element that does not answer is an outage (no try spent) unless another has it."""
+        sources: list[Optional[str]] = [None]
+        problems, outage = [], None
+        for source in sources:
+            part = Path(tempfile.mkdtemp(prefix=f"{job.num}.", suffix=".part", dir=self.tmp))
+            try:
+                path = self.call(self.backend.fetch_file, record["lfn"], part, source)
+                problem = self.blocking(copy_problem, path, record)
+                if not problem:
+                    return part, path
+                problems.append(f"{problem} at {source}" if source else problem)
+            except ServerUnreachable as e:
+                outage = e
+            except ProxyExpired:
+                remove_tree(part)
+                raise
+            except CallFailed as e:
+                problems.append(str(e))
+            remove_tree(part)
+            if source is None:
+                sources += self.call(self.backend.replicas, record["lfn"])
+        if outage is not None:
+            raise outage
+        raise FileUnavailable("; ".join(dict.fromkeys(problems)) or "no replica in the catalogue")
+
+
+def extract_archive(path: Path, dest: Path) -> None:
+    with tarfile.open(path, mode="r:*") as tar:
+        safe_extract(tar, dest)
+
+
+def download_output(backend: Backend, job: Job, batch_dir: Path,
+                    selection: DataSelection = DataSelection()) -> str:
+    """Fetch a final job's output into its folder, atomically, with the selected data files; returns
+    the folder (relative). One call after the other, outside an engine (a command, a worker thread)."""
+    return OutputDownloader(backend, batch_dir, selection=selection, files_parallel=1).download(job)
+
+
+def clean_partial_downloads(batch_dir: Path, keep: Iterable[str] = ()) -> None:
+    """Remove what a stopped run left in .grid/tmp, except the staging folders named in keep (jobs
+    whose outputs are still coming: their verified files are not downloaded again)."""
+    root, kept = tmp_root(batch_dir), set(keep)
+    if not kept:
+        return remove_tree(root)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.listdir(root):
+            if entry not in kept:
+                path = root / entry
+                if path.is_dir() and not path.is_symlink():
+                    remove_tree(path)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
 
 
 # ==================================================================================================
@@ -2458,6 +3126,7 @@ class Batch:
         self.retries, self.exit_when = retries, exit_when
         self.meta = store.meta()
         self.bulk = bool(self.meta.get("bulk"))      # submit --bulk: bundles where the backend can
+        self.sequences = self.meta.get("sequences", [])   # [first, last] of each parametric job's jobs
         self.jobs = store.jobs()
         self.by_id = {job.dirac_id: job for job in self.jobs.values() if job.dirac_id}
         self.column_totals = column_counts(job.status for job in self.jobs.values())
@@ -2512,7 +3181,7 @@ class Batch:
         """A run starts: hand on every job that still needs work, to be submitted or downloaded; with
         watch, a job that failed before the last run ended is retried (or ends the watch) now."""
         for job in self.jobs.values():
-            if job.submitted and is_final(job.status) and not job.output:
+            if job.output_missing:
                 job.download_tries = 0           # every run tries each missing output again
             if not job.submitted and job.status == SUBMITTING:
                 self.submission_due(job)
@@ -2638,17 +3307,29 @@ class Batch:
         self.transition(job, JobState(FAILED, "Submission failed", job.error))
         self.settle(job)
 
+    @property
+    def bundling(self) -> bool:
+        """Jobs go in bundles where the backend can: with --bulk, or those of a parametric job."""
+        return self.bulk or bool(self.sequences)
+
     def bundles(self, pending: list[int], limit: int,
                 key: Callable[[JobSpec], Optional[tuple]]) -> tuple[list[list[int]], list[int]]:
-        """Jobs with equal bundle keys in bundles of at most limit (as even as can be); the rest one by one."""
+        """Jobs with equal bundle keys in bundles of at most limit (as even as can be); the rest one by one.
+        With --bulk that is every job; else only the jobs of one parametric job go together (in
+        parameter order, so that the server makes them in one call, as DIRAC would)."""
+        sequence_of = {num: n for n, (first, last) in enumerate(self.sequences) for num in range(first, last + 1)}
+        why = "bulk" if self.bulk else "parametric"
         groups: dict[tuple, list[int]] = {}
         singles = []
         for num in pending:
+            if not self.bulk and num not in sequence_of:
+                singles.append(num)
+                continue
             group = key(self.store.spec(num))
             if group is None:
                 singles.append(num)
             else:
-                groups.setdefault(group, []).append(num)
+                groups.setdefault((() if self.bulk else (sequence_of[num],)) + (group,), []).append(num)
         bundles = []
         for members in groups.values():
             for part in split_evenly(members, limit):
@@ -2657,15 +3338,16 @@ class Batch:
                 else:
                     singles += part
         singles.sort()
-        self.display.message(f"bulk: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
-                             f"(at most {limit} each), {len(singles)} one by one")
+        alone = sum(1 for num in singles if self.bulk or num in sequence_of)
+        self.display.message(f"{why}: {sum(map(len, bundles))} job(s) in {len(bundles)} bundle(s) "
+                             f"(at most {limit} each), {alone} one by one")
         return bundles, singles
 
     # -- downloads -------------------------------------------------------------------------------
 
     def record_download(self, job: Job, folder: str) -> None:
+        self.jobs_downloaded += not job.output       # (a folder that gained data files counts once)
         job.output = folder
-        self.jobs_downloaded += 1
         job.error = ""
         self.display.downloaded(job)
         self.store.save(job)
@@ -2693,7 +3375,7 @@ class Batch:
                          "site": job.site, "reason": failure_reason(job) if job.failed else "",
                          "ended": ended, "output": kept, "missing": job.missing})
         self.jobs_downloaded -= bool(job.output)
-        job.output, job.error, job.download_tries, job.missing = "", "", 0, []
+        job.output, job.error, job.download_tries, job.missing, job.outputs = "", "", 0, [], None
 
     def resubmit(self, job: Job) -> None:
         """Submit a final job again as a new DIRAC job; it keeps its number and its lineage (ids)."""
@@ -2983,7 +3665,11 @@ class Engine:
         self.finished = gevent.event.Event()
         self.calls = BackendCalls(backend, display, self.stopping)
         threadpool = self.calls.threadpool
-        threadpool.maxsize = max(threadpool.maxsize, parallel + download_parallel + 2)
+        threadpool.maxsize = max(threadpool.maxsize, parallel + download_parallel * FILES_PARALLEL + 2)
+        self.selection = DataSelection.from_meta(self.batch.meta)
+        self.downloader = OutputDownloader(backend, batch_dir, call=self.calls.call, blocking=self.calls.blocking,
+                                           selection=self.selection,
+                                           disk=DiskRoom(batch_dir / STATE_DIR, display.message))
         self.to_submit: gevent.queue.Queue = gevent.queue.Queue()
         self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
         self.downloads: gevent.queue.Queue = gevent.queue.Queue()
@@ -3000,7 +3686,9 @@ class Engine:
     def run(self, watch: bool = True) -> dict[int, Job]:
         """Submit what is not submitted yet; with watch, follow every job until final and downloaded
         (or until --exit-when says so), resubmitting failed jobs as --retries allows."""
-        clean_partial_downloads(self.batch_dir)
+        self.selection.apply(self.batch.jobs.values())
+        clean_partial_downloads(self.batch_dir, keep=[stage_name(job) for job in self.batch.jobs.values()
+                                                      if job.output_missing])
         self.display.start(self)
         self.batch.resume(watch)
         self.batch.warn_cleaning(self.backend.name)
@@ -3069,11 +3757,11 @@ class Engine:
     def submit_all(self, keep_going: bool) -> None:
         """Submit queued jobs through a bounded pool; with keep_going, wait for resubmissions too."""
         self.reconcile()
-        if self.batch.bulk:
+        if self.batch.bundling:
             self.bundle_queued()
         pool = gevent.pool.Pool(self.parallel)
         while not self.stopping.is_set():
-            if self.to_submit.empty() and not keep_going and not (self.batch.bulk and len(pool)):
+            if self.to_submit.empty() and not keep_going and not (self.batch.bundling and len(pool)):
                 break                  # (a bundle in flight may still give jobs back to the queue)
             try:
                 item = self.to_submit.get(timeout=0.2)
@@ -3096,8 +3784,8 @@ class Engine:
             self.to_submit.put(job.num)
 
     def bundle_queued(self) -> None:
-        """--bulk: regroup the jobs waiting in the queue into bundles (lists of job numbers) where
-        the backend can; resubmissions, queued later, go one by one."""
+        """--bulk or parametric jobs: regroup the jobs waiting in the queue into bundles (lists of
+        job numbers) where the backend can; resubmissions, queued later, go one by one."""
         waiting = []
         while not self.to_submit.empty():
             waiting.append(self.to_submit.get_nowait())
@@ -3112,7 +3800,8 @@ class Engine:
         except Stopped:
             return
         if limit < 2:
-            self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
+            if self.batch.bulk:
+                self.display.message(f"bulk: the {self.backend.name} backend submits one job at a time")
             bundles, singles = [], pending
         else:
             bundles, singles = self.batch.bundles(pending, limit, self.backend.bundle_key)
@@ -3248,7 +3937,7 @@ class Engine:
     def download_one(self, job: Job) -> None:
         """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
         def fetch() -> str:
-            return self.calls.call(download_output, self.backend, job, self.batch_dir)
+            return self.downloader.download(job)
 
         try:
             with contextlib.suppress(CallFailed, OSError, tarfile.TarError):   # given up: job.error says why
@@ -3263,15 +3952,6 @@ class Engine:
         finally:
             self.downloading -= 1
             self.check_finished()
-
-
-def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
-    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
-    exception a task raises, and a failed call is an everyday event here, not a bug."""
-    try:
-        return True, fn(*args)
-    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
-        return False, e
 
 
 def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:
@@ -4125,7 +4805,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         now = round(time.time(), 3)
         jobs = (Job(num=i, name=name, history=[[SUBMITTING, now]]) for i, name in enumerate(specs.names, 1))
         meta = {"tag": tag, "backend": args.backend, "created": time.time(), "version": __version__,
-                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk}
+                "jobfiles": [os.path.abspath(p) for p in args.jobfiles], "bulk": args.bulk,
+                "sequences": specs.sequences}
         if args.retries is not None:
             meta["retries"] = args.retries
         store.create_batch(meta, jobs, specs.blobs())
@@ -4160,12 +4841,15 @@ def ensure_writable(batch_dir: Path) -> None:
 def print_dry_run(specs: SpecSpool, backend: str) -> None:
     """What would be submitted; for the local backend also the settings it ignores (the grid's alone)."""
     print(f"dry run: {len(specs)} job(s) would be submitted to the {backend} backend; nothing was submitted")
+    in_sequence = {num: (num - first + 1, last - first + 1) for first, last in specs.sequences
+                   for num in range(first, last + 1)}
     defaults = plain_job_attributes() if backend == "local" else {}
     for num, spec in enumerate(specs, 1):
         steps = "; ".join(" ".join(filter(None, step[:2])) for step in spec.steps) or "-"
         inputs = ", ".join(os.path.relpath(p) if os.path.isabs(p) else p for p in spec.input_sandbox) or "-"
         outputs = ", ".join(spec.output_sandbox) or "-"
-        print(f"#{num} {one_line(spec.name)}  [{spec.origin}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
+        where = spec.origin + (", parameter set {} of {}".format(*in_sequence[num]) if num in in_sequence else "")
+        print(f"#{num} {one_line(spec.name)}  [{where}]\n    run: {steps}\n    in:  {inputs}\n    out: {outputs}")
         ignored = ignored_locally(spec, defaults) if backend == "local" else []
         if ignored:
             print(f"    ignored on this machine: {'; '.join(ignored)}")
@@ -4204,8 +4888,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path,
                args: argparse.Namespace, watch: bool, prepare: Callable[["Engine"], None] = None) -> int:
-    """Run the engine with the command line's options; --retries is kept in the batch for `watch`."""
+    """Run the engine with the command line's options; --retries, --data and --data-pattern are kept
+    in the batch for `watch` (and changed by the options of a later one)."""
     retries = args.retries if args.retries is not None else store.meta().get("retries", 0)
+    choice = {key: value for key, value in (("data", args.data), ("data_pattern", args.data_pattern))
+              if value is not None and store.meta().get(key) != value}
+    if choice:
+        store.update_meta(**choice)
     on_tick = report_writer(batch_dir, display) if args.report and watch else None
     engine = Engine(store, backend, display, batch_dir, parallel=args.parallel, interval=args.interval,
                     retries=retries, exit_when=args.exit_when, on_tick=on_tick)
@@ -4231,7 +4920,7 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if not watched:
         display.result(f"{submitted} of {len(jobs)} job(s) submitted; follow them with `grid watch`", record)
         return EXIT_OK
-    missing = [j for j in jobs.values() if j.submitted and is_final(j.status) and not j.output]
+    missing = [j for j in jobs.values() if j.output_missing]
     if early:
         text = f"stopped early ({early}): {done} done, {failed} failed, " \
                f"{len(jobs) - record['final']} not final yet; `grid watch` follows them"
@@ -4241,7 +4930,11 @@ def finish(jobs: dict[int, Job], display: Display, watched: bool, stopped: bool,
     if failed:
         text += "\nwhy they failed: `grid failures`; to try them again: `grid resubmit --all`"
     for job in missing:
-        text += f"\n  #{job.num} {one_line(job.name)}: no output ({job.error or 'not downloaded'})"
+        what = "output incomplete" if job.output else "no output"
+        text += f"\n  #{job.num} {one_line(job.name)}: {what} ({job.error or 'not downloaded'})"
+    never = [(j, r) for j in jobs.values() if j.status == DONE for r in j.outputs or () if not r["registered"]]
+    for job, file in never:
+        text += f"\n  #{job.num} {one_line(job.name)}: {record_name(file)}: {file['problem']}"
     record["no_output"] = [j.num for j in missing]
     display.result(text, record)
     return EXIT_OK if done == len(jobs) else EXIT_JOBS_FAILED
@@ -4408,7 +5101,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     out = [summary_line(counts)]
     for job in ordered:
         out.append("\t".join([f"#{job.num}", str(job.dirac_id or "-"), one_line(job.name), job.status,
-                              one_line(job.minor) or "-", one_line(job.site) or "-", job.output or "-"]))
+                              one_line(job.minor) or "-", one_line(job.site) or "-", job.output or "-"]
+                             + ([one_line(job.error)] if job.error else [])))
     sys.stdout.write("\n".join(out) + "\n")
     return EXIT_OK
 
@@ -4432,7 +5126,8 @@ def status_record(job: Job) -> dict:
             "minor": job.minor, "application": job.app, "site": job.site, "ids": job.ids,
             "attempts": job.attempts, "output": job.output or None, "error": job.error or None,
             "ended": job.ended_at if is_final(job.status) else None, "history": job.history,
-            "past": job.past, "missing": [{"name": name, "kind": kind} for name, kind in job.missing]}
+            "past": job.past, "missing": [{"name": name, "kind": kind} for name, kind in job.missing],
+            "outputs": job.outputs}
 
 
 # -- day to day: failures, why, logs, export, list ------------------------------------------------
@@ -4558,6 +5253,7 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields += [("site", job.site or "-"), (id_label, str(job.dirac_id or "- (not submitted)")),
                ("attempts", f"{job.attempts} (ids: {ids})"),
                ("output", f"{job.output}/" if job.output else "-")]
+    fields += output_file_fields(job, DataSelection.from_meta(meta))
     if job.error:
         fields.append(("problem", job.error))
     if job.missing:
@@ -4569,6 +5265,26 @@ def job_lines(job: Job, spec: JobSpec, meta: dict) -> list[str]:
     fields += [("defined at", spec.origin or "-"),
                ("batch", f"{meta.get('tag', '-')} ({meta.get('backend', '-')})")]
     return [f"#{job.num} {one_line(job.name)}"] + [f"  {label + ':':<13}{one_line(value)}" for label, value in fields]
+
+
+def output_file_fields(job: Job, selection: DataSelection) -> list[tuple[str, str]]:
+    """One line per file the job left on grid storage: LFN, size, checksum and where its download is."""
+    if job.outputs is None:
+        waiting = job.submitted and is_final(job.status) and not job.output
+        return [("grid files", "not looked up yet (`grid watch` does it)")] if waiting else []
+    fields = []
+    for file in job.outputs:
+        if file["downloaded"]:
+            state = "downloaded"
+        elif file["problem"]:
+            state = f"not downloaded: {file['problem']}"
+        elif not selection.wants(file):
+            state = "not selected (--data none or --data-pattern)"
+        else:
+            state = "not downloaded yet"
+        label = "sandbox file" if file["kind"] == "sandbox" else "data file"
+        fields.append((label, f"{file['lfn']}  {human_size(file['size'])}  adler32 {file['adler32'] or '-'}  {state}"))
+    return fields
 
 
 def history_lines(job: Job) -> list[str]:
@@ -4734,12 +5450,33 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
         raise GridError(f"#{job.num} {job.name} is {job.status}: its output comes once it is final",
                         "try again later; `grid watch` follows it and downloads the output")
     if not job.output or not (batch_dir / job.output).is_dir():
-        job.output = calls.once(download_output, backend, job, batch_dir, failure=failure, fix=fix,
+        job.output = calls.once(download_output, backend, job, batch_dir, DataSelection.from_meta(batch.meta),
+                                failure=failure, fix=fix,
                                 errors=(CallFailed, tarfile.TarError))
         job.error = ""
         store.save(job, sync=True)
         print(f"#{job.num} {one_line(job.name)}: output downloaded into {job.output}/", file=sys.stderr)
     return job
+
+
+# lfns
+
+def cmd_lfns(args: argparse.Namespace) -> int:
+    """The output data LFNs of the batch's jobs, one per line: what the next batch's setInputData takes."""
+    batch_dir = Path(args.batch).resolve()
+    _, jobs, _ = read_batch(batch_dir)
+    chosen = [pick_job(jobs, num, batch_dir) for num in dict.fromkeys(args.jobs)] or \
+        [jobs[num] for num in sorted(jobs)]
+    if args.status:
+        chosen = [job for job in chosen if job.status == args.status]
+    lines = [file["lfn"] for job in chosen for file in job.outputs or ()
+             if file["kind"] == "data" and file["registered"]]
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    unknown = sum(1 for job in chosen if job.submitted and is_final(job.status) and job.outputs is None)
+    if unknown:
+        print(f"grid: note: the output files of {unknown} final job(s) are not looked up yet; "
+              "`grid watch` does it", file=sys.stderr)
+    return EXIT_OK
 
 
 # export
@@ -4934,6 +5671,9 @@ def build_parser() -> argparse.ArgumentParser:
         "submit", help="run job files, submit every job, then watch",
         description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
         "job concurrently and watch them. The whole of every file runs before anything is submitted. "
+        "A job with parameter sequences (Job.setParameterSequence) is one job per parameter set, with "
+        "the values DIRAC would give it, each followed, downloaded and resubmitted on its own; on DIRAC "
+        "they go to the server as one parametric job. "
         "Refuses to start when the grid proxy may expire before the last job is sent.")
     submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
     submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
@@ -5050,6 +5790,15 @@ def add_day_to_day_commands(commands: Any) -> None:
                       "(e.g. std.err, std.out)")
     logs.set_defaults(func=cmd_logs)
 
+    lfns = commands.add_parser(
+        "lfns", help="the output data LFNs of the batch's jobs, one per line",
+        description="Print the LFN of every output data file the batch's jobs left on grid storage (found "
+        "when `watch` downloads their outputs, whatever --data says), one per line: the input of the next "
+        "batch's setInputData. Works while `watch` runs; does not contact the server.")
+    lfns.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="only these jobs (local numbers)")
+    lfns.add_argument("--status", choices=sorted(FINAL), help="only jobs with this status, e.g. Done")
+    lfns.set_defaults(func=cmd_lfns)
+
     export = commands.add_parser(
         "export", help="every stored field of every job, as CSV or JSON",
         description="Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as "
@@ -5099,6 +5848,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="return when every job is final (default); as soon as one job has failed "
                         "for good, since not all can be done (all-done); or at the first failure, "
                         "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
+    parser.add_argument("--data", choices=DATA_CHOICES, default=None,
+                        help="which output data files (setOutputData) of final jobs to download into their "
+                        "folders: all (default) or none; kept in the batch, a later `watch --data` changes it. "
+                        "An output sandbox DIRAC put on grid storage for its size is always downloaded")
+    parser.add_argument("--data-pattern", default=None, metavar="GLOB",
+                        help="download only the output data files whose name matches GLOB (the whole LFN "
+                        "if GLOB has a '/'); kept in the batch like --data")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line and event, instead of text; stdout carries "
                         "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")

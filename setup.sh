@@ -68,7 +68,7 @@ run_example() {
     rm -rf "$ROOT/demo" && mkdir -p "$ROOT/demo" && cd "$ROOT/demo"
     # fail.py fails on purpose, so grid exits 6 (not every job is Done): that is the expected end
     "$VENV/bin/grid" submit --backend local "$ROOT"/examples/hello.py "$ROOT"/examples/many.py \
-        "$ROOT"/examples/fail.py || [ $? -eq 6 ]
+        "$ROOT"/examples/params.py "$ROOT"/examples/fail.py || [ $? -eq 6 ]
     ls "$ROOT/demo"
     # the batch as one page with plots; it says where it wrote it
     "$VENV/bin/grid" report

@@ -131,6 +131,26 @@ def test_the_dirac_backend_asks_sites_only_of_jobs_that_were_just_matched_or_lat
     assert third[1].site == "LCG.CERN.cern"                                # the site it was told before
 
 
+def test_a_job_caught_between_the_updates_of_its_end_gets_how_it_ended(monkeypatch):
+    """Seen on the lab's real WMS: getJobsStates said Done with the minor status of the step before
+    ("Output Sandbox Uploaded"); the record read next has the last word, and a Done job is never
+    asked about again."""
+    class Racing(FakeMonitoring):
+        def getJobsStates(self, ids):
+            self.calls.append(("getJobsStates", list(ids)))
+            return {"OK": True, "Value": {7: {"Status": grid.DONE, "MinorStatus": "Output Sandbox Uploaded",
+                                              "ApplicationStatus": "echo successful"}}}
+
+        def getJobsSummary(self, ids):
+            summary = super().getJobsSummary(ids)
+            summary["Value"][7].update(MinorStatus="Execution Complete", ApplicationStatus="echo successful")
+            return summary
+
+    backend = dirac_backend(monkeypatch, Racing({7: (grid.DONE, "DIRAC.Lab.local")}))
+    state = backend.status([7])[7]
+    assert (state.status, state.minor, state.app) == (grid.DONE, "Execution Complete", "echo successful")
+
+
 def test_a_job_killed_on_the_server_keeps_the_site_it_ran_at(batch, monkeypatch):
     store = batch_with(batch, [grid.RUNNING, grid.WAITING])
     jobs = store.jobs()

@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "run.sh from mydir, beside: $(cat mydir/a.txt)"

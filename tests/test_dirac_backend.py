@@ -115,3 +115,37 @@ def test_status_warns_loudly_about_outputs_the_server_will_soon_delete(run_grid,
     assert result.stdout.splitlines()[0].startswith("S:   0")
     data = json.loads(run_grid("status", "--json").stdout)
     assert abs(data["jobs"][0]["ended"] - (now - 6.5 * 86400)) < 1
+
+
+def test_a_configuration_server_answer_lost_at_start_is_tried_again_not_called_a_misconfiguration(monkeypatch):
+    """Seen in the lab after SIGKILLs under load: DIRAC.initialize() found the list of configuration
+    servers empty for a moment, and the resuming `watch` stopped with "DIRAC is not configured"."""
+    from DIRAC.Core.Utilities.exceptions import DIRACInitError
+    monkeypatch.setattr(grid.time, "sleep", lambda seconds: None)
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise DIRACInitError("Failed to contact the Configuration Server: No configuration servers found")
+
+    grid.initialize_dirac(flaky)
+    assert len(calls) == 3
+
+    def misconfigured() -> None:
+        calls.append(1)
+        raise DIRACInitError("Failed to contact the Configuration Server: No configuration servers found")
+
+    calls.clear()
+    with pytest.raises(DIRACInitError):
+        grid.initialize_dirac(misconfigured)
+    assert len(calls) == grid.INIT_TRIES
+
+    def wrong_setup() -> None:
+        calls.append(1)
+        raise DIRACInitError("cannot read dirac.cfg")
+
+    calls.clear()
+    with pytest.raises(DIRACInitError):
+        grid.initialize_dirac(wrong_setup)
+    assert len(calls) == 1

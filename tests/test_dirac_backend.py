@@ -122,30 +122,31 @@ def test_a_configuration_server_answer_lost_at_start_is_tried_again_not_called_a
     servers empty for a moment, and the resuming `watch` stopped with "DIRAC is not configured"."""
     from DIRAC.Core.Utilities.exceptions import DIRACInitError
     monkeypatch.setattr(grid.time, "sleep", lambda seconds: None)
-    calls = []
+    lost = "Failed to contact the Configuration Server: No configuration servers found"
 
-    def flaky() -> None:
-        calls.append(1)
-        if len(calls) < 3:
-            raise DIRACInitError("Failed to contact the Configuration Server: No configuration servers found")
+    calls: list = []
 
-    grid.initialize_dirac(flaky)
-    assert len(calls) == 3
+    def initialize_failing(times: int, message: str) -> list:
+        """Runs grid.initialize_dirac on an initialize() that fails `times` times; returns its calls."""
+        calls.clear()
 
-    def misconfigured() -> None:
-        calls.append(1)
-        raise DIRACInitError("Failed to contact the Configuration Server: No configuration servers found")
+        def initialize() -> None:
+            calls.append(1)
+            if len(calls) <= times:
+                raise DIRACInitError(message)
 
-    calls.clear()
+        grid.initialize_dirac(initialize)
+        return calls
+
+    assert len(initialize_failing(2, lost)) == 3
     with pytest.raises(DIRACInitError):
-        grid.initialize_dirac(misconfigured)
+        initialize_failing(grid.INIT_TRIES, lost)          # a real misconfiguration fails every try
     assert len(calls) == grid.INIT_TRIES
-
-    def wrong_setup() -> None:
-        calls.append(1)
-        raise DIRACInitError("cannot read dirac.cfg")
-
-    calls.clear()
     with pytest.raises(DIRACInitError):
-        grid.initialize_dirac(wrong_setup)
-    assert len(calls) == 1
+        initialize_failing(grid.INIT_TRIES, "cannot read dirac.cfg")
+    assert len(calls) == 1                                  # not the lost answer: no second try
+    tries = []
+    monkeypatch.setattr(grid.time, "sleep", tries.append)
+    with pytest.raises(DIRACInitError):
+        initialize_failing(1, "cannot read dirac.cfg")
+    assert tries == []

@@ -193,6 +193,7 @@ CLIENTS_MAX_AGE = 600.0              # seconds a thread reuses its DIRAC clients
 CALL_DEADLINE = 120.0                # seconds a DIRAC call may go unanswered (DISET's least; its default: 600)
 CALL_DEADLINE_SPARE = 60.0           # ... then the engine gives up on it too (retries, connecting)
 FIND_PARALLEL = 8                    # job descriptions read at once while looking for cut submissions
+INIT_TRIES = 4                       # DIRAC.initialize() tries before the configuration server counts as gone
 BUNDLE_LIMIT_FALLBACK = 20           # jobs per parametric job when the server's limit cannot be read
                                      # (DIRAC's own default for JobManager/MaxParametricJobs)
 # Proxy: submitting starts only if the proxy outlasts the estimate below; watching pauses while it is
@@ -1745,6 +1746,25 @@ def catalogue_file(lfn: str, metadata: dict, kind: str = "data") -> OutputFile:
     return OutputFile(lfn, int(metadata.get("Size") or 0), str(metadata.get("Checksum") or ""), kind)
 
 
+def initialize_dirac(initialize: Callable[[], None]) -> None:
+    """DIRAC.initialize(), tried again when the configuration server's answer was lost.
+
+    DIRAC's background refresher may rebuild the list of configuration servers while initialize()
+    reads it; under load the list is then empty for a moment ("No configuration servers found")
+    and a resuming `watch` would stop with "not configured". A real misconfiguration fails every try.
+    """
+    for attempt in range(1, INIT_TRIES + 1):
+        try:
+            initialize()
+            return
+        except Exception as e:             # noqa: B902  DIRACInitError and friends
+            reason = dirac_message(e)
+            transient = "No configuration servers found" in reason or UNREACHABLE_PATTERN.search(reason)
+            if attempt == INIT_TRIES or not transient:
+                raise
+            time.sleep(0.5 * attempt)
+
+
 class DiracBackend(Backend):
     """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
 
@@ -1774,7 +1794,7 @@ class DiracBackend(Backend):
             raise BackendError("your grid proxy has expired",
                                "run `dirac-proxy-init` (LHCb: `lhcb-proxy-init`)")
         try:
-            DIRAC.initialize()
+            initialize_dirac(DIRAC.initialize)
         except Exception as e:             # DIRACInitError and friends
             reason = dirac_message(e)
             if UNREACHABLE_PATTERN.search(reason):

@@ -2,6 +2,7 @@
 from any tests/ folder; no test module imports from another)."""
 import io
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +110,14 @@ class ScriptedBackend(grid.Backend):
 
 class Crash(BaseException):
     """Stands for SIGKILL inside a call: nothing after it runs."""
+
+
+def wait_until(condition, timeout: float, what: str, process=None, step=0.02) -> bool:
+    """True once condition() holds; False if `process` ended first."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            return False
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(step)
+    return True

@@ -140,3 +140,36 @@ def test_the_batch_tag_replaces_diracs_default_job_group_but_not_the_users_own()
     own.setJobGroup("my-analysis")
     specs = [spec for job in (default, own) for spec in grid.job_specs(job, grid.Path("jobs.py"), 1, "grid-b-1234")]
     assert [grid.GROUP_PATTERN.search(spec.jdl).group(1) for spec in specs] == ["grid-b-1234", "my-analysis"]
+def test_a_configuration_server_answer_lost_at_start_is_tried_again_not_called_a_misconfiguration(monkeypatch):
+    """Seen in the lab after SIGKILLs under load: DIRAC.initialize() found the list of configuration
+    servers empty for a moment, and the resuming `watch` stopped with "DIRAC is not configured"."""
+    from DIRAC.Core.Utilities.exceptions import DIRACInitError
+    monkeypatch.setattr(grid.time, "sleep", lambda seconds: None)
+    lost = "Failed to contact the Configuration Server: No configuration servers found"
+
+    calls: list = []
+
+    def initialize_failing(times: int, message: str) -> list:
+        """Runs grid.initialize_dirac on an initialize() that fails `times` times; returns its calls."""
+        calls.clear()
+
+        def initialize() -> None:
+            calls.append(1)
+            if len(calls) <= times:
+                raise DIRACInitError(message)
+
+        grid.initialize_dirac(initialize)
+        return calls
+
+    assert len(initialize_failing(2, lost)) == 3
+    with pytest.raises(DIRACInitError):
+        initialize_failing(grid.INIT_TRIES, lost)          # a real misconfiguration fails every try
+    assert len(calls) == grid.INIT_TRIES
+    with pytest.raises(DIRACInitError):
+        initialize_failing(grid.INIT_TRIES, "cannot read dirac.cfg")
+    assert len(calls) == 1                                  # not the lost answer: no second try
+    tries = []
+    monkeypatch.setattr(grid.time, "sleep", tries.append)
+    with pytest.raises(DIRACInitError):
+        initialize_failing(1, "cannot read dirac.cfg")
+    assert tries == []

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, ROOT, grid_cmd, write
-from test_engine import ScriptedBackend, make_engine
+from helpers import EXAMPLES, ROOT, ScriptedBackend, grid_cmd, make_engine, write
 
 # Two reasons to fail (a step that exits 3, a program that does not exist), each retried once by
 # --retries 1 and failing again; one job that fails with exit 3 the first time and is Done the second.
@@ -273,7 +272,7 @@ def test_a_running_batch_makes_a_valid_page_and_watch_report_keeps_it_to_the_end
 
 
 def test_watch_report_rewrites_the_page_every_interval_and_at_the_end(batch, monkeypatch):
-    monkeypatch.setattr(grid, "REPORT_EVERY", 0.05)
+    monkeypatch.setattr(grid, "REPORT_EVERY", 0.005)       # far shorter than the run, however fast
     calls = []
 
     def final_jobs() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import grid_cmd, write
+from helpers import grid_cmd, wait_until, write
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +46,6 @@ def status(batch: Path) -> dict:
     result = subprocess.run(grid_cmd("status", "--json"), cwd=batch, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def wait_until(condition, timeout: float, what: str, process=None, step=0.02) -> bool:
-    """True once condition() holds; False if `process` ended first."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            return False
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(step)
-    return True
 
 
 def sha256(path: Path) -> str:

@@ -48,7 +48,7 @@ def test_three_parametric_jobs_are_three_followed_jobs_in_parameter_order_and_re
     tag = status(dirac_lab, batch)["tag"]
     assert server_jobs(dirac_lab, tag) == {ids[0]: "p-1", ids[1]: "p-2", ids[2]: "p-3"}
 
-    result = grid(dirac_lab, batch, "resubmit", "--interval", "1", "2")
+    result = grid(dirac_lab, batch, "resubmit", "--force", "--interval", "1", "2")   # #2 is Done
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     after = status(dirac_lab, batch)["jobs"]
     assert [job["ids"] for job in after] == [[ids[0]], [ids[1], after[1]["id"]], [ids[2]]]

@@ -1,6 +1,7 @@
 """Paths, small helpers, fake backends and batch builders shared by the test modules (importable
 from any tests/ folder; no test module imports from another)."""
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,32 @@ class ScriptedBackend(grid.Backend):
         (dest / "std.out").write_text(f"output of {job_id}\n")
 
 
+class BundlingBackend(ScriptedBackend):
+    """Takes bundles of at most `accepts` jobs while announcing `announces`; keys come from the spec."""
+
+    def __init__(self, announces=100, accepts=None, bundle_failures=0, **kw):
+        super().__init__(**kw)
+        self.announces, self.accepts = announces, accepts or announces
+        self.bundle_failures = bundle_failures
+        self.bundles = []                                  # sizes of the bundles accepted
+
+    def bundle_limit(self):
+        return self.announces
+
+    def bundle_key(self, spec):
+        return None if spec.name.startswith("alone") else spec.jdl
+
+    def submit_bundle(self, specs, tags):
+        if len(specs) > self.accepts:
+            raise grid.BundleTooLarge(f"Number of parametric jobs exceeds the limit of {self.accepts}",
+                                      self.accepts)
+        if self.bundle_failures:
+            self.bundle_failures -= 1
+            raise grid.CallFailed("JobManager unreachable")
+        self.bundles.append(len(specs))
+        return [self.submit(spec, tag) for spec, tag in zip(specs, tags)]
+
+
 class Crash(BaseException):
     """Stands for SIGKILL inside a call: nothing after it runs."""
 
@@ -121,3 +148,16 @@ def wait_until(condition, timeout: float, what: str, process=None, step=0.02) ->
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(step)
     return True
+
+
+def lab_grid(lab, batch: Path, *args, timeout: float = 600):
+    """grid.py run in the batch as a user of the DIRAC lab would (its environment, its network)."""
+    return lab.run([sys.executable, str(GRID), *map(str, args)], cwd=batch, capture_output=True,
+                   text=True, timeout=timeout)
+
+
+def lab_status(lab, batch: Path) -> dict:
+    """`grid status --json` in the lab, parsed."""
+    result = lab_grid(lab, batch, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import Crash, ScriptedBackend, make_engine, write
+from helpers import BundlingBackend, Crash, make_engine, write
 
 
 def load(batch: Path, text: str, name: str = "jobs.py") -> list:
@@ -101,32 +101,6 @@ def test_split_evenly_makes_few_parts_of_nearly_equal_size():
 
 
 # -- the engine's bundles --------------------------------------------------------------------------
-
-class BundlingBackend(ScriptedBackend):
-    """Takes bundles of at most `accepts` jobs while announcing `announces`; keys come from the spec."""
-
-    def __init__(self, announces=100, accepts=None, bundle_failures=0, **kw):
-        super().__init__(**kw)
-        self.announces, self.accepts = announces, accepts or announces
-        self.bundle_failures = bundle_failures
-        self.bundles = []                                  # sizes of the bundles accepted
-
-    def bundle_limit(self):
-        return self.announces
-
-    def bundle_key(self, spec):
-        return None if spec.name.startswith("alone") else spec.jdl
-
-    def submit_bundle(self, specs, tags):
-        if len(specs) > self.accepts:
-            raise grid.BundleTooLarge(f"Number of parametric jobs exceeds the limit of {self.accepts}",
-                                      self.accepts)
-        if self.bundle_failures:
-            self.bundle_failures -= 1
-            raise grid.CallFailed("JobManager unreachable")
-        self.bundles.append(len(specs))
-        return [self.submit(spec, tag) for spec, tag in zip(specs, tags)]
-
 
 def bulk_engine(batch: Path, names: list, backend: grid.Backend, **kw) -> grid.Engine:
     return make_engine(batch, names, backend, bulk=True, **kw)

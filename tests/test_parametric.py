@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, write
-from test_bulk import BundlingBackend
-from test_engine import Crash
+from helpers import EXAMPLES, BundlingBackend, Crash, write
 
 FAST = ("--interval", "0.1")
 

@@ -1,14 +1,8 @@
 """kill, reschedule and resubmit against a real DIRAC WMS on loopback."""
 import json
-import sys
 from pathlib import Path
 
-from helpers import GRID, write
-
-
-def grid(lab, batch: Path, *args, timeout: float = 300):
-    return lab.run([sys.executable, str(GRID), *map(str, args)], cwd=batch, capture_output=True,
-                   text=True, timeout=timeout)
+from helpers import lab_grid as grid, write
 
 
 def jobs(lab, batch: Path) -> list:

@@ -1,26 +1,13 @@
 """grid.py against a real DIRAC WMS on loopback: the dirac backend, end to end."""
-import json
 import re
 import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, GRID, write
+from helpers import EXAMPLES, GRID, lab_grid as grid, lab_status as status, write
 
 pytestmark = pytest.mark.integration
-
-
-def grid(lab, batch: Path, *args, timeout: float = 600):
-    result = lab.run([sys.executable, str(GRID), *map(str, args)], cwd=batch, capture_output=True,
-                     text=True, timeout=timeout)
-    return result
-
-
-def status(lab, batch: Path) -> dict:
-    result = grid(lab, batch, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def server_statuses(lab, ids: list) -> dict:

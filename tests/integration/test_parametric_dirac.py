@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from helpers import write
-from test_grid_dirac import grid, status
+from helpers import lab_grid as grid, lab_status as status, write
 
 pytestmark = pytest.mark.integration
 

@@ -1,19 +1,13 @@
 """Failure triage against a real DIRAC WMS: `why` shows DIRAC's logging info, `logs` downloads."""
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, GRID, write
+from helpers import EXAMPLES, lab_grid as grid, write
 
 pytestmark = pytest.mark.integration
-
-
-def grid(lab, batch: Path, *args, timeout: float = 300):
-    return lab.run([sys.executable, str(GRID), *map(str, args)], cwd=batch, capture_output=True, text=True,
-                   timeout=timeout)
 
 
 def job_ids(lab, batch: Path) -> list:

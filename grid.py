@@ -25,8 +25,10 @@ Outputs of Done jobs land in ``succeeded/``, of Failed jobs in ``failed/``, one 
 output sandbox and the output data files (``setOutputData``), each verified against the catalogue.
 Job state lives in a LevelDB database in ``.grid/`` inside the batch directory.
 
-Sections, in dependency order (``grep -n '^# ====' grid.py``): Constants, Errors, Statuses, Jobs,
-Store, Job files, Backends, Downloads, Batch, Engine, Display, Report, Commands, main.
+Sections, in dependency order, each using only those above it (``grep -n '^# ====' grid.py``):
+Constants, Errors, Utilities, Statuses, Jobs, Store, Job files, Backends (the interface), DIRAC
+backend, Local backend, Downloads, Batch (the jobs' state), Display (what grid.py prints while it
+runs), Engine (greenlets, pools and every backend call), Report, Commands, main.
 """
 
 import os
@@ -147,6 +149,14 @@ def close_directly_outside_the_loop(monkey: Any) -> None:
             os_close(fd)
 
     os.close = close_fd
+
+
+def quiet_interrupts() -> None:
+    """Ctrl-C while gevent's loop runs outside the engine (a sleep, a wait for a thread) is raised in
+    the loop first, which prints it as a crash before handing it on to main(): it is no crash."""
+    from gevent.hub import Hub
+    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
+        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
 
 
 __version__ = "0.1.0"
@@ -307,6 +317,124 @@ class FileUnavailable(CallFailed):
 
 class DataIncomplete(CallFailed):
     """Some of a job's selected files could not be downloaded; the others are kept for the next try."""
+
+
+# ==================================================================================================
+# Utilities
+# ==================================================================================================
+# Small helpers that several layers below use: files written or removed safely, archives unpacked
+# safely, calls whose failure is an answer, retries, lists in parts, times for people, the shell.
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()                       # a disk full or a folder in the way leaves nothing behind
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
+    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
+    Whatever cannot be removed stays for the next run's clean-up."""
+    with contextlib.suppress(OSError):
+        for root, dirs, files in os.walk(path, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                entry = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    if os.path.islink(entry):
+                        os.unlink(entry)
+                    else:
+                        os.rmdir(entry)
+        os.rmdir(path)
+
+
+def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Extract regular files and folders only, each inside dest; anything else is skipped."""
+    root = dest.resolve()
+    for member in tar:
+        target = (root / member.name).resolve()
+        if not target.is_relative_to(root) or target == root:
+            continue                         # absolute path or ../ escape
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            with open(target, "wb") as out:
+                shutil.copyfileobj(source, out)
+
+
+def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
+    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
+    exception a task raises, and a failed call is an everyday event here, not a bug."""
+    try:
+        return True, fn(*args)
+    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
+        return False, e
+
+
+def backoff(attempt: int, base: float = 1.0) -> float:
+    """Exponential backoff with jitter, so that many clients do not retry in step."""
+    return min(BACKOFF_MAX, base * 2 ** min(attempt, 12)) * random.uniform(0.5, 1.0)
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def split_evenly(items: list, most: int) -> list[list]:
+    """As few parts of at most `most` items as possible, their sizes differing by one at most."""
+    parts = -(-len(items) // most)
+    size, extra = divmod(len(items), parts) if parts else (0, 0)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def duration(seconds: float) -> str:
+    """'2 h 05 min', '9 min', '40 s': how long, for a person."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
+
+
+def clock(when: Optional[float]) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(when or time.time()))
+
+
+def when(stamp: float) -> str:
+    """A unix time as local date and time, or '-' when unknown."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def iso_time(stamp: float) -> str:
+    return datetime.datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
+
+
+def shell_quote(text: str) -> str:
+    """Quote for the shell, readably: DIRAC's reasons often hold single quotes, rarely double ones."""
+    if re.fullmatch(r"[\w@%+=:,./-]+", text):
+        return text
+    if "'" in text and not re.search(r'["$`\\!]', text):
+        return f'"{text}"'
+    return shlex.quote(text)
 
 
 # ==================================================================================================
@@ -967,40 +1095,6 @@ def describe_owner(state_dir: Path) -> str:
     return "another grid command"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()                       # a disk full or a folder in the way leaves nothing behind
-        raise
-
-
-def remove_tree(path: Path) -> None:
-    """shutil.rmtree without directory file descriptors, for the threadpool: gevent's os.close hands
-    those to the calling thread's hub, which a worker thread does not run, so they leak or fail (EBADF).
-    Whatever cannot be removed stays for the next run's clean-up."""
-    with contextlib.suppress(OSError):
-        for root, dirs, files in os.walk(path, topdown=False):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(root, name))
-            for name in dirs:
-                entry = os.path.join(root, name)
-                with contextlib.suppress(OSError):
-                    if os.path.islink(entry):
-                        os.unlink(entry)
-                    else:
-                        os.rmdir(entry)
-        os.rmdir(path)
-
-
 # ==================================================================================================
 # Job files
 # ==================================================================================================
@@ -1303,6 +1397,8 @@ def resolve_sandbox_entry(entry: str, job_file: Path, origin: str) -> str:
 # mean nothing, so the local backend's Job records them unchecked and `--dry-run` lists them as
 # ignored; the grid checks them when the job is submitted there.
 CS_CHECKS = ("_checkSiteIsValid", "setPlatform", "setDestinationCE")
+
+
 def local_job_class(job_class: type) -> type:
     """DIRAC's Job for job files run on this machine: checks that need the CS are left to the grid."""
     from DIRAC import S_OK
@@ -1464,6 +1560,12 @@ class Backend:
         """Every state the backend recorded for one job, oldest first (one call: `why` asks on demand)."""
         raise NotImplementedError
 
+
+# ==================================================================================================
+# DIRAC backend
+# ==================================================================================================
+# The real WMS through DIRAC's client API: the tag that finds a job again, bundles as parametric
+# jobs, clients kept per thread, the version and the proxy, and the backend itself.
 
 # How DIRAC says that a server did not answer at all (DISET retries the connection first).
 UNREACHABLE_PATTERN = re.compile(
@@ -1744,6 +1846,33 @@ def sandbox_went_to_storage(records: list[LoggingRecord]) -> bool:
 
 def catalogue_file(lfn: str, metadata: dict, kind: str = "data") -> OutputFile:
     return OutputFile(lfn, int(metadata.get("Size") or 0), str(metadata.get("Checksum") or ""), kind)
+
+
+def dirac_time(text: str) -> float:
+    """DIRAC's time stamps are UTC 'YYYY-MM-DD HH:MM:SS' strings; 0 when it is not one."""
+    try:
+        stamp = datetime.datetime.strptime(text.split(".")[0], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return 0.0
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def dirac_message(error: Exception) -> str:
+    """The first line of the reason inside a DIRAC exception (often an S_ERROR dict in its args)."""
+    value = error.args[0] if error.args else error
+    text = value.get("Message", str(value)) if isinstance(value, dict) else str(value)
+    return first_line(re.sub(r"^Reason\(s\):\s*", "", text.strip()))
+
+
+def first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0].strip()
+
+
+def utc_timestamp(value: Any) -> float:
+    """Unix time of a DIRAC time stamp: a naive UTC datetime (DISET sends those), or its text."""
+    if isinstance(value, datetime.datetime):
+        return value.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return dirac_time(value) if isinstance(value, str) else 0.0
 
 
 def initialize_dirac(initialize: Callable[[], None]) -> None:
@@ -2102,32 +2231,11 @@ class DiracBackend(Backend):
                 for status, minor, app, when, source in rows]
 
 
-def dirac_time(text: str) -> float:
-    """DIRAC's time stamps are UTC 'YYYY-MM-DD HH:MM:SS' strings; 0 when it is not one."""
-    try:
-        stamp = datetime.datetime.strptime(text.split(".")[0], "%Y-%m-%d %H:%M:%S")
-    except ValueError:
-        return 0.0
-    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
-def dirac_message(error: Exception) -> str:
-    """The first line of the reason inside a DIRAC exception (often an S_ERROR dict in its args)."""
-    value = error.args[0] if error.args else error
-    text = value.get("Message", str(value)) if isinstance(value, dict) else str(value)
-    return first_line(re.sub(r"^Reason\(s\):\s*", "", text.strip()))
-
-
-def first_line(text: str) -> str:
-    return (text.strip().splitlines() or [""])[0].strip()
-
-
-def utc_timestamp(value: Any) -> float:
-    """Unix time of a DIRAC time stamp: a naive UTC datetime (DISET sends those), or its text."""
-    if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=datetime.timezone.utc).timestamp()
-    return dirac_time(value) if isinstance(value, str) else 0.0
-
+# ==================================================================================================
+# Local backend
+# ==================================================================================================
+# This machine as a DIRAC site: a detached site process per batch runs the jobs through DIRAC's
+# statuses, with or without grid.py watching.
 
 class LocalBackend(Backend):
     """This machine as a DIRAC site: a detached site process per batch runs the jobs, at most one per
@@ -2888,45 +2996,13 @@ def run_local_site(root: Path) -> int:
     return LocalSite(root, slots).run()
 
 
-def make_backend(name: str, batch_dir: Path) -> Backend:
-    use_gevent()                       # before DIRAC is imported: the engine and the threadpool need it
-    if name == "local":
-        return LocalBackend(batch_dir)
-    if name == "dirac":
-        return DiracBackend()
-    raise GridError(f"unknown backend {name!r}", f"use one of: {', '.join(BACKENDS)}")
-
-
 # ==================================================================================================
 # Downloads
 # ==================================================================================================
 # An output folder that exists is complete: outputs are fetched into .grid/tmp and renamed into
 # place in one step. An archive from a remote machine never writes outside its job's folder.
 
-def safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
-    """Extract regular files and folders only, each inside dest; anything else is skipped."""
-    root = dest.resolve()
-    for member in tar:
-        target = (root / member.name).resolve()
-        if not target.is_relative_to(root) or target == root:
-            continue                         # absolute path or ../ escape
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif member.isfile():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            with open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
         # links, devices and fifos are not extracted: they could point outside the folder
-
-
-def outcome(fn: Callable, *args: Any) -> tuple[bool, Any]:
-    """(True, result) or (False, exception): gevent's threadpool prints a traceback for every
-    exception a task raises, and a failed call is an everyday event here, not a bug."""
-    try:
-        return True, fn(*args)
-    except Exception as e:                  # noqa: B902  handed back to the greenlet, raised there
-        return False, e
 
 
 def read_umask() -> int:
@@ -3601,6 +3677,201 @@ def move_into_place(source: Path, dest: Path) -> None:
 
 
 # ==================================================================================================
+# Display
+# ==================================================================================================
+
+class Display(Listener):
+    """The seed's output: a log line per status change and a summary line whenever counts change.
+    Plain text with no control characters: what goes to a file, a pipe, CI or `nohup`."""
+
+    live = False                    # a footer to redraw every FOOTER_REFRESH (the engine does it)
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.last_summary: Optional[str] = None
+        self.closed = False                       # the reader of out went away
+        self.stop_engine: Optional[Callable[[], None]] = None
+        encoding = (getattr(self.out, "encoding", None) or "").lower()
+        self.arrow = "→" if encoding.startswith("utf") else "->"
+
+    def write(self, line: str) -> None:
+        try:
+            self.out.write(line + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            self.output_closed()
+
+    def output_closed(self) -> None:
+        """The reader went away (`grid watch | head`): nobody follows the run, so it stops as on
+        Ctrl-C (state is kept), silently."""
+        silence(self.out)
+        self.closed = True
+        if self.stop_engine:
+            self.stop_engine()
+
+    def start(self, progress: Callable[[], Progress], stop: Callable[[], None]) -> None:
+        """A run starts: progress() tells its figures whenever asked, stop() ends it (as Ctrl-C)."""
+        self.stop_engine = stop
+        if self.closed:
+            stop()
+        self.summary(progress().counts)
+
+    def redraw(self) -> None:
+        """Draw the live footer again."""
+
+    def close(self, counts: list[int]) -> None:
+        """The run is over (finished, stopped or crashed)."""
+
+    def summary(self, counts: list[int]) -> None:
+        line = summary_line(counts)
+        if line != self.last_summary:
+            self.last_summary = line
+            self.write(line)
+
+    def transition(self, job: Job, old: str) -> None:
+        minor = f" ({job.minor})" if job.minor else ""
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {one_line(job.name)}: "
+                   f"{old} {self.arrow} {job.status}{one_line(minor)}")
+
+    def downloaded(self, job: Job) -> None:
+        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {one_line(job.name)}: output in {job.output}/")
+
+    def message(self, text: str) -> None:
+        self.write(f"{clock(None)} {one_line(text)}")
+
+    def result(self, text: str, record: dict) -> None:
+        """The closing line(s) of a command; record is what --json prints instead."""
+        self.write(text)
+
+
+class LiveDisplay(Display):
+    """On a terminal: the seed's log lines scroll, and one footer line under them is redrawn in place
+    with the counts, a progress bar, the rate, the time left and the server's state."""
+
+    live = True
+
+    def __init__(self, out: Any = None, color: bool = True) -> None:
+        super().__init__(out)
+        self.color = color
+        self.progress: Optional[Callable[[], Progress]] = None     # while a run goes on
+
+    def write(self, line: str) -> None:
+        self.out.write(f"\r\x1b[K{line}\n" + self.footer())
+        self.out.flush()
+
+    def start(self, progress: Callable[[], Progress], stop: Callable[[], None]) -> None:
+        self.progress = progress
+
+    def redraw(self) -> None:
+        self.out.write("\r\x1b[K" + self.footer())
+        self.out.flush()
+
+    def close(self, counts: list[int]) -> None:
+        self.progress = None
+        self.out.write("\r\x1b[K")
+        self.write(summary_line(counts))
+
+    def summary(self, counts: list[int]) -> None:
+        """The footer shows the counts; the seed's summary line is written once, at the end."""
+
+    def footer(self) -> str:
+        if self.progress is None:
+            return ""
+        width = shutil.get_terminal_size((100, 24)).columns
+        return render_footer(self.progress(), width, self.color)
+
+
+class JsonDisplay(Display):
+    """--json: one JSON object per line and event, for programs that follow a run."""
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}))
+
+    def summary(self, counts: list[int]) -> None:
+        line = summary_line(counts)
+        if line != self.last_summary:
+            self.last_summary = line
+            self.emit("summary", **dict(zip(COLUMN_NAMES, counts)))
+
+    def transition(self, job: Job, old: str) -> None:
+        self.emit("status", num=job.num, id=job.dirac_id or None, name=job.name, old=old, status=job.status,
+                  minor=job.minor, application=job.app, site=job.site)
+
+    def downloaded(self, job: Job) -> None:
+        self.emit("output", num=job.num, id=job.dirac_id, name=job.name, folder=job.output)
+
+    def message(self, text: str) -> None:
+        self.emit("message", text=text)
+
+    def result(self, text: str, record: dict) -> None:
+        self.emit("result", **record)
+
+
+def render_footer(p: Progress, width: int, color: bool) -> str:
+    """`S: 0 R: 0 W: 3 M: 0 R: 2 D: 90 F: 5 · [####x---] 95/100 final · ... · server ok`, fitted to
+    the width by leaving out the least important parts: a wrapped footer could not be redrawn."""
+    size = 20
+    done_cells = size * (p.final - p.failed) // max(p.total, 1)
+    failed_cells = size * p.final // max(p.total, 1) - done_cells
+    if color:
+        bar = f"\x1b[32m{'█' * done_cells}\x1b[31m{'█' * failed_cells}\x1b[0m"
+        bar += "░" * (size - done_cells - failed_cells)
+    else:
+        bar = "#" * done_cells + "x" * failed_cells + "-" * (size - done_cells - failed_cells)
+    eta = p.eta()
+    trouble = not p.server.startswith("server ok")
+    parts = {"counts": " ".join(f"{letter}: {n}" for (letter, _), n in zip(COLUMNS, p.counts)),
+             "trouble": p.server if trouble else "", "bar": f"[{bar}] {p.final}/{p.total} final",
+             "submitted": f"{p.submitted} submitted", "downloaded": f"{p.downloaded} downloaded",
+             "rate": f"{p.rate * 60:.1f}/min" if p.rate else "rate -",
+             "eta": f"ETA {duration(eta)}" if eta is not None else "ETA -",
+             "ok": "" if trouble else p.server}
+    shown = ["counts"]
+    for name in ("trouble", "bar", "submitted", "downloaded", "rate", "eta", "ok"):   # by importance
+        line = " · ".join(parts[n] for n in parts if n in shown + [name] and parts[n])
+        if parts[name] and visible_length(line) <= width - 1:
+            shown.append(name)
+    line = " · ".join(parts[n] for n in parts if n in shown and parts[n])
+    return line if visible_length(line) < width else line[:max(width - 1, 1)]
+
+
+def visible_length(text: str) -> int:
+    return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
+
+
+def silence(stream: Any) -> None:
+    """Point a stream whose reader went away at /dev/null: Python's flush at exit would meet the
+    closed pipe again and print 'Exception ignored ... BrokenPipeError'."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
+def json_lines_out() -> Any:
+    """--json: stdout for the JSON lines alone. What else would go to stdout from now on (the job
+    files' prints, DIRAC's log lines, child processes) goes to stderr: fd 1 becomes a copy of fd 2,
+    and the JSON lines get a descriptor of their own on the original stdout."""
+    try:
+        sys.stdout.flush()
+        json_fd = os.dup(sys.stdout.fileno())
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):            # no real stdout (embedded, captured): nothing to split
+        return sys.stdout
+    return os.fdopen(json_fd, "w", encoding="utf-8")
+
+
+def make_display(json_lines: bool = False, out: Any = None) -> Display:
+    """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
+    if json_lines:
+        return JsonDisplay(out or json_lines_out())
+    out = out or sys.stdout
+    if out.isatty() and os.environ.get("TERM", "") != "dumb":
+        return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
+    return Display(out)
+
+
+# ==================================================================================================
 # Engine
 # ==================================================================================================
 # Every backend call goes through BackendCalls: the one place that runs blocking calls in gevent's
@@ -3793,7 +4064,7 @@ class Engine:
     """Submits, watches and downloads a batch's jobs concurrently, until every job is final and
     downloaded (or until --exit-when says so)."""
 
-    def __init__(self, store: Store, backend: Backend, display: "Display", batch_dir: Path,
+    def __init__(self, store: Store, backend: Backend, display: Display, batch_dir: Path,
                  parallel: int = DEFAULT_PARALLEL, interval: Optional[float] = None,
                  download_parallel: int = DOWNLOAD_PARALLEL, retries: int = 0,
                  exit_when: str = "all-final", on_tick: Optional[Callable[[], None]] = None) -> None:
@@ -3833,7 +4104,7 @@ class Engine:
         self.selection.apply(self.batch.jobs.values())
         clean_partial_downloads(self.batch_dir, keep=[stage_name(job) for job in self.batch.jobs.values()
                                                       if job.output_missing])
-        self.display.start(self)
+        self.display.start(self.progress, self.stop)
         self.batch.resume(watch)
         self.batch.warn_cleaning(self.backend.name)
         workers = [gevent.spawn(self.submit_all, watch),
@@ -3842,6 +4113,8 @@ class Engine:
             workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
         if watch and self.on_tick:
             workers.append(gevent.spawn(self.tick))
+        if self.display.live:
+            workers.append(gevent.spawn(self.redraw_footer))
         for worker in workers:
             worker.link_exception(self._crashed)
         handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
@@ -3857,7 +4130,7 @@ class Engine:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             self.stopping.set()
             gevent.joinall(workers, raise_error=False)
-            self.display.close(self)
+            self.display.close(self.batch.counts())
         if self.crash:
             raise self.crash
         return self.batch.jobs
@@ -3868,6 +4141,12 @@ class Engine:
         while not self.stopping.wait(REPORT_EVERY):
             self.on_tick()
         self.on_tick()
+
+    def redraw_footer(self) -> None:
+        """The live display's footer, every FOOTER_REFRESH s while the run goes on."""
+        while not self.stopping.is_set():
+            self.display.redraw()
+            self.stopping.wait(FOOTER_REFRESH)
 
     def _crashed(self, greenlet: "gevent.Greenlet") -> None:
         self.crash = greenlet.exception
@@ -4133,240 +4412,6 @@ def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:
 
 def renew_command(hours: int = 24) -> str:
     return f"`dirac-proxy-init -v {hours}:00` (LHCb: `lhcb-proxy-init -v {hours}:00`)"
-
-
-def duration(seconds: float) -> str:
-    """'2 h 05 min', '9 min', '40 s': how long, for a person."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    hours, minutes = divmod(seconds // 60, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min"
-
-
-def backoff(attempt: int, base: float = 1.0) -> float:
-    """Exponential backoff with jitter, so that many clients do not retry in step."""
-    return min(BACKOFF_MAX, base * 2 ** min(attempt, 12)) * random.uniform(0.5, 1.0)
-
-
-def chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def split_evenly(items: list, most: int) -> list[list]:
-    """As few parts of at most `most` items as possible, their sizes differing by one at most."""
-    parts = -(-len(items) // most)
-    size, extra = divmod(len(items), parts) if parts else (0, 0)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (1 if i < extra else 0)
-        out.append(items[start:end])
-        start = end
-    return out
-
-
-def clock(when: Optional[float]) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(when or time.time()))
-
-
-def when(stamp: float) -> str:
-    """A unix time as local date and time, or '-' when unknown."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
-
-
-# ==================================================================================================
-# Display
-# ==================================================================================================
-
-class Display(Listener):
-    """The seed's output: a log line per status change and a summary line whenever counts change.
-    Plain text with no control characters: what goes to a file, a pipe, CI or `nohup`."""
-
-    def __init__(self, out: Any = None) -> None:
-        self.out = out or sys.stdout
-        self.last_summary: Optional[str] = None
-        self.closed = False                       # the reader of out went away
-        self.stop_engine: Optional[Callable[[], None]] = None
-        encoding = (getattr(self.out, "encoding", None) or "").lower()
-        self.arrow = "→" if encoding.startswith("utf") else "->"
-
-    def write(self, line: str) -> None:
-        try:
-            self.out.write(line + "\n")
-            self.out.flush()
-        except BrokenPipeError:
-            self.output_closed()
-
-    def output_closed(self) -> None:
-        """The reader went away (`grid watch | head`): nobody follows the run, so it stops as on
-        Ctrl-C (state is kept), silently."""
-        silence(self.out)
-        self.closed = True
-        if self.stop_engine:
-            self.stop_engine()
-
-    def start(self, engine: Engine) -> None:
-        self.stop_engine = engine.stop
-        if self.closed:
-            engine.stop()
-        self.summary(engine.batch.counts())
-
-    def close(self, engine: Engine) -> None:
-        """The run is over (finished, stopped or crashed)."""
-
-    def summary(self, counts: list[int]) -> None:
-        line = summary_line(counts)
-        if line != self.last_summary:
-            self.last_summary = line
-            self.write(line)
-
-    def transition(self, job: Job, old: str) -> None:
-        minor = f" ({job.minor})" if job.minor else ""
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id or '-'}] {one_line(job.name)}: "
-                   f"{old} {self.arrow} {job.status}{one_line(minor)}")
-
-    def downloaded(self, job: Job) -> None:
-        self.write(f"{clock(None)} #{job.num} [{job.dirac_id}] {one_line(job.name)}: output in {job.output}/")
-
-    def message(self, text: str) -> None:
-        self.write(f"{clock(None)} {one_line(text)}")
-
-    def result(self, text: str, record: dict) -> None:
-        """The closing line(s) of a command; record is what --json prints instead."""
-        self.write(text)
-
-
-class LiveDisplay(Display):
-    """On a terminal: the seed's log lines scroll, and one footer line under them is redrawn in place
-    with the counts, a progress bar, the rate, the time left and the server's state."""
-
-    def __init__(self, out: Any = None, color: bool = True) -> None:
-        super().__init__(out)
-        self.color = color
-        self.engine: Optional[Engine] = None
-        self.ticker: Optional["gevent.Greenlet"] = None
-        self.footer_shown = False
-
-    def write(self, line: str) -> None:
-        self.out.write(f"\r\x1b[K{line}\n" + self.footer())
-        self.out.flush()
-
-    def start(self, engine: Engine) -> None:
-        self.engine = engine
-        self.ticker = gevent.spawn(self._tick)
-
-    def _tick(self) -> None:
-        while True:
-            self.out.write("\r\x1b[K" + self.footer())
-            self.out.flush()
-            gevent.sleep(FOOTER_REFRESH)
-
-    def close(self, engine: Engine) -> None:
-        if self.ticker:
-            self.ticker.kill()
-        self.engine = None
-        self.out.write("\r\x1b[K")
-        self.write(summary_line(engine.batch.counts()))
-
-    def summary(self, counts: list[int]) -> None:
-        """The footer shows the counts; the seed's summary line is written once, at the end."""
-
-    def footer(self) -> str:
-        if self.engine is None:
-            return ""
-        width = shutil.get_terminal_size((100, 24)).columns
-        return render_footer(self.engine.progress(), width, self.color)
-
-
-class JsonDisplay(Display):
-    """--json: one JSON object per line and event, for programs that follow a run."""
-
-    def emit(self, event: str, **fields: Any) -> None:
-        self.write(json.dumps({"event": event, "time": round(time.time(), 3), **fields}))
-
-    def summary(self, counts: list[int]) -> None:
-        line = summary_line(counts)
-        if line != self.last_summary:
-            self.last_summary = line
-            self.emit("summary", **dict(zip(COLUMN_NAMES, counts)))
-
-    def transition(self, job: Job, old: str) -> None:
-        self.emit("status", num=job.num, id=job.dirac_id or None, name=job.name, old=old, status=job.status,
-                  minor=job.minor, application=job.app, site=job.site)
-
-    def downloaded(self, job: Job) -> None:
-        self.emit("output", num=job.num, id=job.dirac_id, name=job.name, folder=job.output)
-
-    def message(self, text: str) -> None:
-        self.emit("message", text=text)
-
-    def result(self, text: str, record: dict) -> None:
-        self.emit("result", **record)
-
-
-def render_footer(p: Progress, width: int, color: bool) -> str:
-    """`S: 0 R: 0 W: 3 M: 0 R: 2 D: 90 F: 5 · [####x---] 95/100 final · ... · server ok`, fitted to
-    the width by leaving out the least important parts: a wrapped footer could not be redrawn."""
-    size = 20
-    done_cells = size * (p.final - p.failed) // max(p.total, 1)
-    failed_cells = size * p.final // max(p.total, 1) - done_cells
-    if color:
-        bar = f"\x1b[32m{'█' * done_cells}\x1b[31m{'█' * failed_cells}\x1b[0m"
-        bar += "░" * (size - done_cells - failed_cells)
-    else:
-        bar = "#" * done_cells + "x" * failed_cells + "-" * (size - done_cells - failed_cells)
-    eta = p.eta()
-    trouble = not p.server.startswith("server ok")
-    parts = {"counts": " ".join(f"{letter}: {n}" for (letter, _), n in zip(COLUMNS, p.counts)),
-             "trouble": p.server if trouble else "", "bar": f"[{bar}] {p.final}/{p.total} final",
-             "submitted": f"{p.submitted} submitted", "downloaded": f"{p.downloaded} downloaded",
-             "rate": f"{p.rate * 60:.1f}/min" if p.rate else "rate -",
-             "eta": f"ETA {duration(eta)}" if eta is not None else "ETA -",
-             "ok": "" if trouble else p.server}
-    shown = ["counts"]
-    for name in ("trouble", "bar", "submitted", "downloaded", "rate", "eta", "ok"):   # by importance
-        line = " · ".join(parts[n] for n in parts if n in shown + [name] and parts[n])
-        if parts[name] and visible_length(line) <= width - 1:
-            shown.append(name)
-    line = " · ".join(parts[n] for n in parts if n in shown and parts[n])
-    return line if visible_length(line) < width else line[:max(width - 1, 1)]
-
-
-def visible_length(text: str) -> int:
-    return len(re.sub(r"\x1b\[[0-9;]*m", "", text))
-
-
-def silence(stream: Any) -> None:
-    """Point a stream whose reader went away at /dev/null: Python's flush at exit would meet the
-    closed pipe again and print 'Exception ignored ... BrokenPipeError'."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-        os.close(devnull)
-
-
-def json_lines_out() -> Any:
-    """--json: stdout for the JSON lines alone. What else would go to stdout from now on (the job
-    files' prints, DIRAC's log lines, child processes) goes to stderr: fd 1 becomes a copy of fd 2,
-    and the JSON lines get a descriptor of their own on the original stdout."""
-    try:
-        sys.stdout.flush()
-        json_fd = os.dup(sys.stdout.fileno())
-        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    except (OSError, ValueError):            # no real stdout (embedded, captured): nothing to split
-        return sys.stdout
-    return os.fdopen(json_fd, "w", encoding="utf-8")
-
-
-def make_display(json_lines: bool = False, out: Any = None) -> Display:
-    """JSON lines when asked; the live footer on a terminal; plain lines everywhere else."""
-    if json_lines:
-        return JsonDisplay(out or json_lines_out())
-    out = out or sys.stdout
-    if out.isatty() and os.environ.get("TERM", "") != "dumb":
-        return LiveDisplay(out, color=not os.environ.get("NO_COLOR"))     # no-color.org
-    return Display(out)
 
 
 # ==================================================================================================
@@ -4940,6 +4985,15 @@ def write_report(batch_dir: Path, target: Path) -> BatchPicture:
 # Each command parses nothing and decides little: it opens the batch, hands work to the engine
 # and results to the display.
 
+def make_backend(name: str, batch_dir: Path) -> Backend:
+    use_gevent()                       # before DIRAC is imported: the engine and the threadpool need it
+    if name == "local":
+        return LocalBackend(batch_dir)
+    if name == "dirac":
+        return DiracBackend()
+    raise GridError(f"unknown backend {name!r}", f"use one of: {', '.join(BACKENDS)}")
+
+
 def new_batch_tag(batch_dir: Path) -> str:
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", batch_dir.resolve().name)[:32] or "batch"
     import uuid
@@ -5345,15 +5399,6 @@ def command_hint(args: argparse.Namespace, *words: str) -> str:
     return " ".join([program, *map(shell_quote, batch), *map(shell_quote, words)])
 
 
-def shell_quote(text: str) -> str:
-    """Quote for the shell, readably: DIRAC's reasons often hold single quotes, rarely double ones."""
-    if re.fullmatch(r"[\w@%+=:,./-]+", text):
-        return text
-    if "'" in text and not re.search(r'["$`\\!]', text):
-        return f'"{text}"'
-    return shlex.quote(text)
-
-
 def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[int, Job], Optional[JobSpec]]:
     """The batch's meta and jobs from a snapshot, and job num's spec when asked for."""
     with Store.snapshot(batch_dir) as store:
@@ -5719,10 +5764,6 @@ def csv_cell(name: str, value: Any) -> Any:
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return value
-
-
-def iso_time(stamp: float) -> str:
-    return datetime.datetime.fromtimestamp(stamp).astimezone().isoformat(timespec="seconds")
 
 
 def jobs_json(jobs: list[Job]) -> str:
@@ -6096,14 +6137,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"grid: {interruption_note(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-
-
-def quiet_interrupts() -> None:
-    """Ctrl-C while gevent's loop runs outside the engine (a sleep, a wait for a thread) is raised in
-    the loop first, which prints it as a crash before handing it on to main(): it is no crash."""
-    from gevent.hub import Hub
-    if not issubclass(KeyboardInterrupt, Hub.NOT_ERROR):
-        Hub.NOT_ERROR = (*Hub.NOT_ERROR, KeyboardInterrupt)
 
 
 def interruption_note(args: Optional[argparse.Namespace]) -> str:

@@ -718,6 +718,27 @@ def cleaning_warning(count: int, left: float, backend: str,
             f"the job ends, {when}; {fix}")
 
 
+class CleaningWatch:
+    """When a watch warns that the server is about to delete outputs not downloaded yet. Ages change
+    by the day: the jobs are looked at once an hour, or at once when a job that ended long ago became
+    final; the warning is given again only when the number of outputs at risk changes."""
+
+    def __init__(self) -> None:
+        self.warned = 0                        # outputs about to be cleaned, as last warned about
+        self.checked = 0.0                     # when the jobs were last looked at
+        self.due = False                       # a job that ended long ago just became final
+
+    def news(self, jobs: Iterable[Job], backend: str) -> Optional[str]:
+        """The warning to give now, if any."""
+        now = time.time()
+        if now - self.checked < CLEANING_CHECK_EVERY and not self.due:
+            return None
+        self.checked, self.due = now, False
+        count, left = outputs_at_risk(jobs, backend, now)
+        changed, self.warned = count and count != self.warned, count
+        return cleaning_warning(count, left, backend, "this `grid watch` is fetching them") if changed else None
+
+
 @dataclass(slots=True)
 class LoggingRecord:
     """One line of a job's history as the backend keeps it (DIRAC's JobLoggingDB), shown by `why`:
@@ -1894,17 +1915,14 @@ def initialize_dirac(initialize: Callable[[], None]) -> None:
             time.sleep(0.5 * attempt)
 
 
-class DiracBackend(Backend):
-    """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
-
-    name = "dirac"
-    threaded = True
+class DiracConnection(Backend):
+    """DIRAC itself, for the backend below: its configuration and the user's proxy checked once
+    (connect), every thread's kept clients (_clients), and each reply turned into its value or the
+    error the engine knows what to do with (_value)."""
 
     def __init__(self) -> None:
         self.local = threading.local()       # DIRAC's client objects are not shared between threads
         self.reuse_clients = False           # decided by connect(): every service speaks dips://
-        self.reported: dict[int, JobState] = {}      # what status() last said about each job
-        self.parameters_unavailable = False  # the server keeps no job parameters (no OpenSearch)
 
     def connect(self) -> None:
         try:
@@ -1963,6 +1981,18 @@ class DiracBackend(Backend):
         if UNREACHABLE_PATTERN.search(message):
             raise ServerUnreachable(message)
         raise CallFailed(message)
+
+
+class DiracBackend(DiracConnection):
+    """The real DIRAC WMS through DIRAC's client API, with the user's configuration and proxy."""
+
+    name = "dirac"
+    threaded = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: dict[int, JobState] = {}      # what status() last said about each job
+        self.parameters_unavailable = False  # the server keeps no job parameters (no OpenSearch)
 
     def submit(self, spec: JobSpec, tag: str) -> int:
         # What Dirac().submitJob does with a Job object, from the stored description instead,
@@ -3343,9 +3373,7 @@ class Batch:
         self.not_retried: set[str] = set()           # reasons already reported as failing everywhere
         self.final_times: collections.deque = collections.deque()   # the last RATE_WINDOW's final jobs
         self.exited_early: Optional[str] = None      # why --exit-when ended the watch before the end
-        self.at_risk_warned = 0                   # outputs about to be cleaned, as last warned about
-        self.cleaning_checked = 0.0               # when the jobs were last looked at for that
-        self.cleaning_due = False                 # a job that ended long ago just became final
+        self.cleaning = CleaningWatch()
         # Work handed on as jobs change: an engine points these at its queues and at its end.
         self.submission_due: Callable[[Job], None] = ignore
         self.download_due: Callable[[Job], None] = ignore
@@ -3371,17 +3399,10 @@ class Batch:
                         downloaded=self.jobs_downloaded, rate=rate, server=server)
 
     def warn_cleaning(self, backend: str) -> None:
-        """One loud line whenever the number of outputs the server is about to delete changes. Ages
-        change by the day: the jobs are looked at once an hour, or at once when an old job ended."""
-        now = time.time()
-        if now - self.cleaning_checked < CLEANING_CHECK_EVERY and not self.cleaning_due:
-            return
-        self.cleaning_checked, self.cleaning_due = now, False
-        count, left = outputs_at_risk(self.jobs.values(), backend, now)
-        if count and count != self.at_risk_warned:
-            self.display.message("WARNING: " + cleaning_warning(count, left, backend,
-                                                                "this `grid watch` is fetching them"))
-        self.at_risk_warned = count
+        """One loud line whenever the number of outputs the server is about to delete changes."""
+        warning = self.cleaning.news(self.jobs.values(), backend)
+        if warning:
+            self.display.message("WARNING: " + warning)
 
     def resume(self, watch: bool) -> None:
         """A run starts: hand on every job that still needs work, to be submitted or downloaded; with
@@ -3429,7 +3450,7 @@ class Batch:
                 job.missing = state.missing or []
                 if job.missing:
                     self.display.message(f"#{job.num} {job.name}: {not_produced(job.missing)}")
-                self.cleaning_due |= time.time() - job.ended > CLEANING_WARN_AFTER
+                self.cleaning.due |= time.time() - job.ended > CLEANING_WARN_AFTER
             self.display.transition(job, old_status)
             self.display.summary(self.counts())
             if is_final(job.status) and not is_final(old_status):
@@ -3878,8 +3899,9 @@ def make_display(json_lines: bool = False, out: Any = None) -> Display:
 # threadpool, waits while the proxy is expired, waits out outages and counts tries, and announces an
 # outage or an expired proxy in one line, however many calls meet it. One engine per command that
 # watches: it owns a Batch and every greenlet and pool: a submitter (bounded pool), a monitor (one
-# bulk status sweep every interval, only for jobs that are not final), a downloader (bounded pool)
-# and a proxy watcher. Blocking backend calls overlap, and the loop stays responsive.
+# bulk status sweep every interval, only for jobs that are not final), the download queue (a
+# bounded pool: DownloadQueue), a proxy watcher, and the live footer's redraws. Blocking backend
+# calls overlap, and the loop stays responsive.
 
 class Stopped(Exception):
     """The engine is stopping: a call it would have made (again) is left for the next run."""
@@ -3906,6 +3928,10 @@ class BackendCalls:
         self.proxy_ok.set()
         self.proxy_warned = False
         self.proxy_left_at: Optional[tuple[float, float]] = None    # (seconds left, when we looked)
+
+    def make_room(self, threads: int) -> None:
+        """At least this many threads in the pool: every blocking call an engine may make at once."""
+        self.threadpool.maxsize = max(self.threadpool.maxsize, threads)
 
     def call(self, fn: Callable, *args: Any) -> Any:
         """One try. It waits while the proxy is expired; an expired proxy or an outage it meets is
@@ -4060,6 +4086,59 @@ class BackendCalls:
                                  f"renew it with {renew_command()}, or watching pauses then")
 
 
+class DownloadQueue:
+    """The engine's downloads: jobs queued as their outputs become due, fetched through a bounded
+    pool. Only real failures count as tries; an outage or an expired proxy is waited out. A failed
+    job whose output is in (or given up on) is then settled: resubmitted, or not, as asked."""
+
+    def __init__(self, batch: Batch, calls: BackendCalls, downloader: OutputDownloader, parallel: int,
+                 stopping: "gevent.event.Event", crashed: Callable[["gevent.Greenlet"], None],
+                 ended_one: Callable[[], None]) -> None:
+        self.batch, self.calls, self.downloader, self.parallel = batch, calls, downloader, parallel
+        self.stopping, self.crashed, self.ended_one = stopping, crashed, ended_one
+        self.queue: "gevent.queue.Queue" = gevent.queue.Queue()
+        self.active = 0                        # downloads started or waiting for room in the pool
+
+    def queue_download(self, job: Job) -> None:
+        self.queue.put(job.num)
+
+    def busy(self) -> bool:
+        """Whether a download is queued or under way: the run is not over."""
+        return bool(self.active or self.queue.qsize())
+
+    def run(self) -> None:
+        """Download queued jobs' outputs through a bounded pool, until the engine stops."""
+        pool = gevent.pool.Pool(self.parallel)
+        while not self.stopping.is_set():
+            try:
+                num = self.queue.get(timeout=0.2)
+            except gevent.queue.Empty:
+                continue
+            self.active += 1                # counted before waiting: the run is not over
+            pool.wait_available()
+            pool.spawn(self.download_one, self.batch.jobs[num]).link_exception(self.crashed)
+        pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
+
+    def download_one(self, job: Job) -> None:
+        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
+        def fetch() -> str:
+            return self.downloader.download(job)
+
+        try:
+            with contextlib.suppress(CallFailed, OSError, tarfile.TarError):   # given up: job.error says why
+                if job.needs_download:
+                    self.batch.record_download(job, self.calls.retry(
+                        fetch, lambda error, _: self.batch.download_failed(job, error),
+                        errors=(CallFailed, OSError, tarfile.TarError)))
+            if job.failed and not job.needs_download and not self.stopping.is_set():
+                self.batch.settle(job)
+        except Stopped:
+            pass
+        finally:
+            self.active -= 1
+            self.ended_one()
+
+
 class Engine:
     """Submits, watches and downloads a batch's jobs concurrently, until every job is final and
     downloaded (or until --exit-when says so)."""
@@ -4072,28 +4151,26 @@ class Engine:
         self.batch = Batch(store, batch_dir, display, retries, exit_when)
         self.backend, self.display, self.batch_dir = backend, display, batch_dir
         self.on_tick = on_tick                       # called every REPORT_EVERY s while watching
-        self.parallel, self.download_parallel = parallel, download_parallel
+        self.parallel = parallel
         self.interval = interval if interval is not None else INTERVAL.get(backend.name, 20.0)
         self.stopping = gevent.event.Event()
         self.finished = gevent.event.Event()
         self.calls = BackendCalls(backend, display, self.stopping)
-        threadpool = self.calls.threadpool
         self.sweep_parallel = SWEEP_PARALLEL
-        threadpool.maxsize = max(threadpool.maxsize,
-                                 parallel + download_parallel * FILES_PARALLEL + SWEEP_PARALLEL + 2)
+        self.calls.make_room(parallel + download_parallel * FILES_PARALLEL + SWEEP_PARALLEL + 2)
         self.selection = DataSelection.from_meta(self.batch.meta)
         self.downloader = OutputDownloader(backend, batch_dir, call=self.calls.call, blocking=self.calls.blocking,
                                            selection=self.selection,
                                            disk=DiskRoom(batch_dir / STATE_DIR, display.message))
         self.to_submit: "gevent.queue.Queue" = gevent.queue.Queue()
         self.queued: set[int] = set()                # jobs in to_submit or being submitted: once each
-        self.downloads: "gevent.queue.Queue" = gevent.queue.Queue()
+        self.downloads = DownloadQueue(self.batch, self.calls, self.downloader, download_parallel,
+                                       self.stopping, self._crashed, self.check_finished)
         self.submitting = 0
-        self.downloading = 0
         self.interrupted = False
         self.crash: Optional[BaseException] = None
         self.batch.submission_due = self.queue_submission
-        self.batch.download_due = lambda job: self.downloads.put(job.num)
+        self.batch.download_due = self.downloads.queue_download
         self.batch.exit_due = self.finished.set
 
     # -- the run ----------------------------------------------------------------------------------
@@ -4110,11 +4187,11 @@ class Engine:
         workers = [gevent.spawn(self.submit_all, watch),
                    gevent.spawn(self.calls.watch_proxy, lambda: self.batch.jobs_in_progress)]
         if watch:
-            workers += [gevent.spawn(self.monitor), gevent.spawn(self.download_all)]
+            workers += [gevent.spawn(self.monitor), gevent.spawn(self.downloads.run)]
         if watch and self.on_tick:
-            workers.append(gevent.spawn(self.tick))
+            workers.append(gevent.spawn(self.every, REPORT_EVERY, self.on_tick, True))
         if self.display.live:
-            workers.append(gevent.spawn(self.redraw_footer))
+            workers.append(gevent.spawn(self.every, FOOTER_REFRESH, self.display.redraw))
         for worker in workers:
             worker.link_exception(self._crashed)
         handlers = [gevent.signal_handler(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)]
@@ -4135,18 +4212,13 @@ class Engine:
             raise self.crash
         return self.batch.jobs
 
-    def tick(self) -> None:
-        """on_tick at the start, every REPORT_EVERY s, and once more when the run ends."""
-        self.on_tick()
-        while not self.stopping.wait(REPORT_EVERY):
-            self.on_tick()
-        self.on_tick()
-
-    def redraw_footer(self) -> None:
-        """The live display's footer, every FOOTER_REFRESH s while the run goes on."""
-        while not self.stopping.is_set():
-            self.display.redraw()
-            self.stopping.wait(FOOTER_REFRESH)
+    def every(self, seconds: float, fn: Callable[[], None], at_the_end: bool = False) -> None:
+        """fn at the start and every `seconds` while the run goes on (and once more at its end)."""
+        fn()
+        while not self.stopping.wait(seconds):
+            fn()
+        if at_the_end:
+            fn()
 
     def _crashed(self, greenlet: "gevent.Greenlet") -> None:
         self.crash = greenlet.exception
@@ -4165,7 +4237,7 @@ class Engine:
         self.finished.set()
 
     def check_finished(self) -> None:
-        if not (self.batch.jobs_in_progress or self.submitting or self.downloading or self.downloads.qsize()):
+        if not (self.batch.jobs_in_progress or self.submitting or self.downloads.busy()):
             self.finished.set()
 
     def progress(self) -> "Progress":
@@ -4326,7 +4398,7 @@ class Engine:
             self.batch.adopt(tried, self.find(tried))
         return [job for job in jobs if not job.submitted]
 
-    # -- monitoring and downloading ---------------------------------------------------------------
+    # -- monitoring -------------------------------------------------------------------------------
 
     def monitor(self) -> None:
         """A status sweep every interval; a failed one is tried again (an outage: one line) until it works."""
@@ -4362,36 +4434,6 @@ class Engine:
         except CallFailed as e:
             return False, e
 
-    def download_all(self) -> None:
-        pool = gevent.pool.Pool(self.download_parallel)
-        while not self.stopping.is_set():
-            try:
-                num = self.downloads.get(timeout=0.2)
-            except gevent.queue.Empty:
-                continue
-            self.downloading += 1                # counted before waiting: the run is not over
-            pool.wait_available()
-            pool.spawn(self.download_one, self.batch.jobs[num]).link_exception(self._crashed)
-        pool.kill()            # a download cut short leaves only .grid/tmp, cleaned next time
-
-    def download_one(self, job: Job) -> None:
-        """Download one output; only real failures count as tries, an outage or expired proxy is waited out."""
-        def fetch() -> str:
-            return self.downloader.download(job)
-
-        try:
-            with contextlib.suppress(CallFailed, OSError, tarfile.TarError):   # given up: job.error says why
-                if job.needs_download:
-                    self.batch.record_download(job, self.calls.retry(
-                        fetch, lambda error, _: self.batch.download_failed(job, error),
-                        errors=(CallFailed, OSError, tarfile.TarError)))
-            if job.failed and not job.needs_download and not self.stopping.is_set():
-                self.batch.settle(job)
-        except Stopped:
-            pass
-        finally:
-            self.downloading -= 1
-            self.check_finished()
 
 
 def ensure_proxy_lasts(backend: Backend, pending: int, parallel: int) -> None:

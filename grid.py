@@ -5024,8 +5024,85 @@ def write_report(batch_dir: Path, target: Path) -> BatchPicture:
 # ==================================================================================================
 # Commands
 # ==================================================================================================
-# Each command parses nothing and decides little: it opens the batch, hands work to the engine
-# and results to the display.
+# The command line as a table (COMMANDS, at the end): each command is a pair, add_NAME(parser)
+# adding its arguments (its docstring: the command's line in `grid --help`, then its description)
+# right above cmd_NAME(args) running it. A command decides little: it opens the batch, hands work
+# to the engine or the batch, and results to the display.
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--parallel", type=positive_int, default=DEFAULT_PARALLEL, metavar="N",
+                        help="submissions at once (default: %(default)s)")
+    parser.add_argument("--interval", type=positive_float, default=None, metavar="SECONDS",
+                        help="seconds between status sweeps (default: "
+                        + ", ".join(f"{k} {v:g}" for k, v in INTERVAL.items()) + ")")
+    parser.add_argument("--retries", type=non_negative_int, default=None, metavar="N",
+                        help="resubmit each failed job up to N times, except for a reason that fails "
+                        "more than half of all attempts (kept for later `watch`; default 0)")
+    parser.add_argument("--exit-when", choices=EXIT_WHEN, default="all-final",
+                        help="return when every job is final (default); as soon as one job has failed "
+                        "for good, since not all can be done (all-done); or at the first failure, "
+                        "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
+    parser.add_argument("--data", choices=DATA_CHOICES, default=None,
+                        help="which output data files (setOutputData) of final jobs to download into their "
+                        "folders: all (default) or none; kept in the batch, a later `watch --data` changes it. "
+                        "An output sandbox DIRAC put on grid storage for its size is always downloaded")
+    parser.add_argument("--data-pattern", default=None, metavar="GLOB",
+                        help="download only the output data files whose name matches GLOB (the whole LFN "
+                        "if GLOB has a '/'); kept in the batch like --data")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line and event, instead of text; stdout carries "
+                        "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
+    parser.add_argument("--report", action="store_true",
+                        help=f"keep {REPORT_FILE} in the batch directory up to date (`grid report`): "
+                        f"rewritten every {REPORT_EVERY:g} s while watching, and at the end")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+@contextlib.contextmanager
+def open_batch(args: argparse.Namespace, shared: bool = False) -> Iterator[Store]:
+    """The -C batch, held by this command until the block ends (LevelDB: one process at a time);
+    with shared, a snapshot of it while another command holds it (then store.owned is False)."""
+    batch_dir = Path(args.batch).resolve()
+    try:
+        store = Store.open(batch_dir, args.command)
+    except BatchInUse:
+        if not shared:
+            raise
+        with Store.snapshot(batch_dir) as snapshot:
+            yield snapshot
+        return
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def batch_backend(name: str, batch_dir: Path) -> Backend:
+    """The batch's backend, connected: a BackendError with the fix when it cannot be used."""
+    backend = make_backend(name, batch_dir)
+    backend.connect()
+    return backend
+
 
 def make_backend(name: str, batch_dir: Path) -> Backend:
     use_gevent()                       # before DIRAC is imported: the engine and the threadpool need it
@@ -5042,6 +5119,32 @@ def new_batch_tag(batch_dir: Path) -> str:
     return f"grid-{slug}-{uuid.uuid4().hex[:8]}"
 
 
+def add_submit(parser: argparse.ArgumentParser) -> None:
+    """run job files, submit every job, then watch
+
+    Run the job files (with `submit` and DIRAC's `Job` defined), then submit every job
+    concurrently and watch them. The whole of every file runs before anything is submitted. A job
+    with parameter sequences (Job.setParameterSequence) is one job per parameter set, with the
+    values DIRAC would give it, each followed, downloaded and resubmitted on its own; on DIRAC
+    they go to the server as one parametric job. Refuses to start when the grid proxy may expire
+    before the last job is sent."""
+    parser.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
+    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                        help="where the jobs run: the DIRAC WMS, or this machine as a site (a detached "
+                        "process that runs the jobs to the end with or without grid.py, one per CPU or "
+                        "GRID_LOCAL_SLOTS; settings only the grid uses are ignored) (default: %(default)s)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the job files and show what would be submitted (with --backend local: "
+                        "also the settings ignored on this machine); submit nothing")
+    parser.add_argument("--no-watch", action="store_true", help="return once every job is submitted")
+    parser.add_argument("--bulk", action="store_true",
+                        help="submit jobs of one job file that differ only in their arguments or in "
+                        "simple JDL values (no spaces, commas, quotes or braces) as DIRAC parametric "
+                        "jobs, up to the server's MaxParametricJobs per call; each job is still "
+                        "followed, downloaded and resubmitted on its own. Other jobs go one by one")
+    add_engine_options(parser)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     if not args.dry_run and holds_batch(batch_dir):
@@ -5056,8 +5159,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print_dry_run(specs, args.backend)
         return EXIT_OK
     ensure_writable(batch_dir)
-    backend = make_backend(args.backend, batch_dir)
-    backend.connect()
+    backend = batch_backend(args.backend, batch_dir)
     ensure_proxy_lasts(backend, len(specs), args.parallel)
     store = Store.open(batch_dir, "submit", create=True)
     try:
@@ -5133,16 +5235,27 @@ def plain_job_attributes() -> dict[str, str]:
     return jdl_attributes(job._toJDL(jobDescriptionObject=io.StringIO(job._toXML())))
 
 
+def add_watch(parser: argparse.ArgumentParser) -> None:
+    """resume watching and downloading
+
+    Follow the batch's jobs, log every status change, download outputs of final jobs into
+    succeeded/ and failed/; submit jobs a stopped `submit` left (submissions a crash cut short
+    are first looked for on the server, and a line says so). On a terminal a live footer shows
+    progress; piped, the output is plain lines (or JSON lines with --json). Returns when every
+    job is final and every output is downloaded (or as --exit-when says): exit code 0 if every
+    job is Done, 6 if not. Ctrl-C stops (exit 130), and so does a closed output pipe; state is
+    kept. A server outage is one line and is waited out, and so is a call unanswered for 3
+    minutes; an expired grid proxy pauses everything until a fresh one appears; outputs still
+    missing 5 days after their job ended are warned about (DIRAC deletes them after about 7)."""
+    add_engine_options(parser)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
-    batch_dir = Path(args.batch).resolve()
-    store = Store.open(batch_dir, "watch")
-    try:
+    with open_batch(args) as store:
+        batch_dir = store.state_dir.parent
         display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
-        backend = make_backend(store.meta()["backend"], batch_dir)
-        backend.connect()
+        backend = batch_backend(store.meta()["backend"], batch_dir)
         return run_engine(store, backend, display, batch_dir, args, watch=True)
-    finally:
-        store.close()
 
 
 def run_engine(store: Store, backend: Backend, display: Display, batch_dir: Path,
@@ -5225,11 +5338,26 @@ def confirm(question: str, yes: bool) -> None:
         raise UsageError("nothing done", "answer y to go ahead, or add --yes")
 
 
+def add_resubmit(parser: argparse.ArgumentParser) -> None:
+    """submit failed jobs again, as new DIRAC jobs
+
+    Submit failed jobs again from their stored description, as new DIRAC jobs, then watch. Each
+    keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), and the
+    output of the attempt before is moved to retried/<folder>.<attempt>/. A Done job is refused
+    unless --force is given."""
+    parser.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
+    parser.add_argument("--all", action="store_true", help="every failed job")
+    parser.add_argument("--reason", metavar="TEXT",
+                        help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
+    parser.add_argument("--force", action="store_true",
+                        help="also resubmit jobs named by number that are Done")
+    parser.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
+    add_engine_options(parser)
+
+
 def cmd_resubmit(args: argparse.Namespace) -> int:
-    batch_dir = Path(args.batch).resolve()
-    store = Store.open(batch_dir, "resubmit")
-    try:
-        jobs = store.jobs()
+    with open_batch(args) as store:
+        batch_dir, jobs = store.state_dir.parent, store.jobs()
         chosen = select_jobs(jobs, batch_dir, args.jobs, args.all, args.reason, which=lambda job: job.failed)
         not_final = [j for j in chosen if not is_final(j.status)]
         if not_final:
@@ -5246,8 +5374,7 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
             print("no failed job to resubmit")
             return EXIT_OK
         display = make_display(args.json)    # before DIRAC starts: with --json its logs go to stderr
-        backend = make_backend(store.meta()["backend"], batch_dir)
-        backend.connect()
+        backend = batch_backend(store.meta()["backend"], batch_dir)
 
         def resubmit_chosen(engine: Engine) -> None:
             for job in chosen:
@@ -5257,24 +5384,24 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
 
         return run_engine(store, backend, display, batch_dir, args, watch=not args.no_watch,
                           prepare=resubmit_chosen)
-    finally:
-        store.close()
+
+
+def add_kill(parser: argparse.ArgumentParser) -> None:
+    """kill jobs
+
+    Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: the watch
+    records the change. Jobs not submitted yet are not submitted. Says what it did in one line,
+    however many jobs."""
+    parser.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
+    parser.add_argument("--all", action="store_true", help="every job that is not final")
+    parser.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
     """Kill jobs on the server. Works beside a running `watch`: it only needs the jobs' ids, and the
     watch sees the jobs become Killed; alone, it records the new statuses itself."""
-    batch_dir = Path(args.batch).resolve()
-    try:
-        store = Store.open(batch_dir, "kill")
-    except BatchInUse:
-        store = None                             # in use by a watch: act on a snapshot
-    try:
-        if store is None:
-            with Store.snapshot(batch_dir) as snapshot:
-                meta, jobs = snapshot.meta(), snapshot.jobs()
-        else:
-            meta, jobs = store.meta(), store.jobs()
+    with open_batch(args, shared=True) as store:     # in use by a watch: act on a snapshot
+        batch_dir, meta, jobs = store.state_dir.parent, store.meta(), store.jobs()
         chosen = [j for j in select_jobs(jobs, batch_dir, args.jobs, args.all,
                                          which=lambda job: not is_final(job.status))
                   if not is_final(j.status)]
@@ -5282,15 +5409,14 @@ def cmd_kill(args: argparse.Namespace) -> int:
             print("no job to kill: every job named is final already")
             return EXIT_OK
         confirm(f"kill {len(chosen)} job(s)?", args.yes)
-        backend = make_backend(meta["backend"], batch_dir)
-        backend.connect()
+        backend = batch_backend(meta["backend"], batch_dir)
         calls = BackendCalls(backend, Display(sys.stderr))
         fix = "check the server with `grid watch`, then try again"
         on_server = [j.dirac_id for j in chosen if j.submitted]
         for chunk in chunks(on_server, BULK_STATUS_MAX):
             calls.once(backend.kill, chunk, fix=fix)
         unsent = [j for j in chosen if not j.submitted]
-        if store is None:
+        if not store.owned:
             print(f"killed {len(on_server)} job(s); the running {describe_owner(batch_dir / STATE_DIR)} "
                   "records it" + (f"; {len(unsent)} not submitted yet are submitted by it" if unsent else ""))
             return EXIT_OK
@@ -5301,25 +5427,29 @@ def cmd_kill(args: argparse.Namespace) -> int:
             batch.apply(calls.once(backend.status, on_server, fix=fix))
         print(f"killed {len(chosen)} job(s); `grid watch` downloads what they left")
         return EXIT_OK
-    finally:
-        if store is not None:
-            store.close()
+
+
+def add_reschedule(parser: argparse.ArgumentParser) -> None:
+    """run jobs again under the same DIRAC id
+
+    DIRAC's reschedule: the jobs run again from the start with the same id (DIRAC limits how
+    often). The output of the attempt before is moved to retried/. Needs the batch: stop `watch`
+    first, and run `watch` after."""
+    parser.add_argument("jobs", nargs="+", type=job_number, metavar="JOB", help="local job numbers")
+    parser.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
 
 
 def cmd_reschedule(args: argparse.Namespace) -> int:
     """DIRAC's reschedule: the same job (same id) runs again; its last output is kept in retried/."""
-    batch_dir = Path(args.batch).resolve()
-    store = Store.open(batch_dir, "reschedule")
-    try:
-        jobs = store.jobs()
+    with open_batch(args) as store:
+        batch_dir, jobs = store.state_dir.parent, store.jobs()
         chosen = select_jobs(jobs, batch_dir, args.jobs)
         unsent = [j for j in chosen if not j.submitted]
         if unsent:
             raise UsageError(f"job #{unsent[0].num} was never submitted, so it cannot be rescheduled",
                              "`grid watch` submits it")
         confirm(f"reschedule {len(chosen)} job(s)?", args.yes)
-        backend = make_backend(store.meta()["backend"], batch_dir)
-        backend.connect()
+        backend = batch_backend(store.meta()["backend"], batch_dir)
         batch = Batch(store, batch_dir, Display(io.StringIO()))     # one summary, not a line per job
         calls = BackendCalls(backend, Display(sys.stderr))
         ids = [j.dirac_id for j in chosen]
@@ -5336,8 +5466,16 @@ def cmd_reschedule(args: argparse.Namespace) -> int:
             store.save(job, sync=True)
         print(f"rescheduled {len(chosen)} job(s); follow them with `grid watch`")
         return EXIT_OK
-    finally:
-        store.close()
+
+
+def add_status(parser: argparse.ArgumentParser) -> None:
+    """summary and one line per job
+
+    Print the summary line and, per job: local number, DIRAC id, name, status, minor status,
+    site, output folder (control characters in names escaped: \\n, \\t). Works while `watch`
+    runs; does not contact the server (a local batch shows what its site did, even with no
+    `watch` running). Warns on stderr about outputs not downloaded 5 days after their job ended."""
+    parser.add_argument("--json", action="store_true", help="one JSON document instead of text")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -5451,6 +5589,16 @@ def read_batch(batch_dir: Path, num: Optional[int] = None) -> tuple[dict, dict[i
 
 # failures
 
+def add_failures(parser: argparse.ArgumentParser) -> None:
+    """failed jobs grouped by reason
+
+    Group the batch's failed jobs (Failed, Killed, Deleted) by reason: status, minor status and
+    application status, which holds the exit code where DIRAC knows it. Per group: the count, the
+    sites, example job numbers and the command that resubmits the group. Works while `watch`
+    runs; does not contact the server."""
+    parser.add_argument("--json", action="store_true", help="one JSON document instead of text")
+
+
 def cmd_failures(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     _, jobs, _ = read_batch(batch_dir)
@@ -5494,6 +5642,18 @@ def print_json(document: Any) -> None:
 
 
 # why
+
+def add_why(parser: argparse.ArgumentParser) -> None:
+    """everything known about one job
+
+    Show one job: status history with times, minor and application status, exit code, site,
+    attempts and DIRAC ids, output folder, the last lines of its stdout, then the backend's own
+    history of it (DIRAC: JobMonitoring's getJobLoggingInfo, one call to the server). Works while
+    `watch` runs."""
+    parser.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    parser.add_argument("--offline", action="store_true",
+                        help="do not contact the server: leave DIRAC's logging info out")
+
 
 def cmd_why(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
@@ -5645,6 +5805,19 @@ def table(rows: list[tuple[str, ...]]) -> list[str]:
 
 # logs
 
+def add_logs(parser: argparse.ArgumentParser) -> None:
+    """print a job's stdout (downloading its output if needed)
+
+    Print a job's stdout: each step's application log (Script1_<name>.log), or std.out when there
+    is none (on the grid std.out is the job wrapper's log). If the output is not downloaded yet,
+    ask the server for the job's status and download it now into the folder `watch` would use;
+    that needs the batch, so it is refused while `watch` or `submit` holds it (they download it
+    themselves)."""
+    parser.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
+    parser.add_argument("--file", metavar="NAME", help="print this file of the job's output folder instead "
+                        "(e.g. std.err, std.out)")
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     meta, jobs, spec = read_batch(batch_dir, args.job)
@@ -5731,6 +5904,16 @@ def fetch_with(store: Store, backend: Backend, batch_dir: Path, num: int) -> Job
 
 # lfns
 
+def add_lfns(parser: argparse.ArgumentParser) -> None:
+    """the output data LFNs of the batch's jobs, one per line
+
+    Print the LFN of every output data file the batch's jobs left on grid storage (found when
+    `watch` downloads their outputs, whatever --data says), one per line: the input of the next
+    batch's setInputData. Works while `watch` runs; does not contact the server."""
+    parser.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="only these jobs (local numbers)")
+    parser.add_argument("--status", choices=sorted(FINAL), help="only jobs with this status, e.g. Done")
+
+
 def cmd_lfns(args: argparse.Namespace) -> int:
     """The output data LFNs of the batch's jobs, one per line: what the next batch's setInputData takes."""
     batch_dir = Path(args.batch).resolve()
@@ -5750,6 +5933,16 @@ def cmd_lfns(args: argparse.Namespace) -> int:
 
 
 # export
+
+def add_export(parser: argparse.ArgumentParser) -> None:
+    """every stored field of every job, as CSV or JSON
+
+    Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as
+    '12;15', history as 'Status ISO-time; ...') and/or a JSON array (fields as stored, times in
+    unix seconds). Works while `watch` runs."""
+    parser.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-': the terminal)")
+    parser.add_argument("--json", metavar="FILE", help="write JSON to FILE ('-': the terminal)")
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     if not args.csv and not args.json:
@@ -5814,6 +6007,20 @@ def jobs_json(jobs: list[Job]) -> str:
 
 
 # list
+
+def add_list(parser: argparse.ArgumentParser) -> None:
+    """the batches under a folder, with their summary lines
+
+    Find batch directories (with .grid/db) under FOLDER and print one line per batch: its path,
+    summary line, backend, creation time and tag, and the command holding it if one runs. Hidden
+    folders and batches' succeeded/ and failed/ are not searched. Works while `watch` runs. Exit
+    code 4 if a batch could not be read."""
+    parser.add_argument("folder", nargs="?", metavar="FOLDER",
+                        help="where to look (default: the -C directory, else the current one)")
+    parser.add_argument("--depth", type=positive_int, default=LIST_DEPTH, metavar="N",
+                        help="folder levels below FOLDER to search (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="a JSON array instead of text")
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     root = Path(args.folder if args.folder is not None else args.batch).resolve()
@@ -5885,6 +6092,20 @@ def live_owner(state_dir: Path) -> Optional[dict]:
 
 # report
 
+def add_report(parser: argparse.ArgumentParser) -> None:
+    """draw the batch as one HTML page with plots
+
+    Write one self-contained HTML page (plots as SVG inside it: it needs no network and no other
+    file): the summary line and the batch's facts; the summary's columns over time; throughput
+    and the estimated time left; waiting and running times; Done and failed jobs per site with
+    their main failure reasons (the groups of `grid failures`); the attempts jobs needed and the
+    reasons retried or stopped. Each plot has its numbers in a table. Reads a snapshot: works
+    while `watch` runs (`watch --report` rewrites the page every minute); does not contact the
+    server."""
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help=f"where to write the page (default: {REPORT_FILE} in the batch directory)")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     batch_dir = Path(args.batch).resolve()
     target = Path(args.output).resolve() if args.output else batch_dir / REPORT_FILE
@@ -5917,6 +6138,16 @@ def cmd_local_site(args: argparse.Namespace) -> int:
     return run_local_site(Path(args.folder))
 
 
+# The table: each command's builder of its arguments (the first line of its docstring is the
+# command's line in `grid --help`, the rest its description) and its handler cmd_NAME, in the
+# order `grid --help` lists them.
+COMMANDS: list[tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
+            (add_submit, cmd_submit), (add_watch, cmd_watch), (add_status, cmd_status),
+            (add_resubmit, cmd_resubmit), (add_kill, cmd_kill), (add_reschedule, cmd_reschedule),
+            (add_failures, cmd_failures), (add_why, cmd_why), (add_logs, cmd_logs), (add_lfns, cmd_lfns),
+            (add_export, cmd_export), (add_list, cmd_list), (add_report, cmd_report)]
+
+
 # ==================================================================================================
 # main
 # ==================================================================================================
@@ -5934,222 +6165,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the batch directory (default: the current directory)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    submit = commands.add_parser(
-        "submit", help="run job files, submit every job, then watch",
-        description="Run the job files (with `submit` and DIRAC's `Job` defined), then submit every "
-        "job concurrently and watch them. The whole of every file runs before anything is submitted. "
-        "A job with parameter sequences (Job.setParameterSequence) is one job per parameter set, with "
-        "the values DIRAC would give it, each followed, downloaded and resubmitted on its own; on DIRAC "
-        "they go to the server as one parametric job. "
-        "Refuses to start when the grid proxy may expire before the last job is sent.")
-    submit.add_argument("jobfiles", nargs="+", metavar="JOBFILE", help="Python file(s) calling submit(job)")
-    submit.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
-                        help="where the jobs run: the DIRAC WMS, or this machine as a site (a detached "
-                        "process that runs the jobs to the end with or without grid.py, one per CPU or "
-                        "GRID_LOCAL_SLOTS; settings only the grid uses are ignored) (default: %(default)s)")
-    submit.add_argument("--dry-run", action="store_true",
-                        help="run the job files and show what would be submitted (with --backend local: "
-                        "also the settings ignored on this machine); submit nothing")
-    submit.add_argument("--no-watch", action="store_true", help="return once every job is submitted")
-    submit.add_argument("--bulk", action="store_true",
-                        help="submit jobs of one job file that differ only in their arguments or in "
-                        "simple JDL values (no spaces, commas, quotes or braces) as DIRAC parametric "
-                        "jobs, up to the server's MaxParametricJobs per call; each job is still "
-                        "followed, downloaded and resubmitted on its own. Other jobs go one by one")
-    add_engine_options(submit)
-    submit.set_defaults(func=cmd_submit)
-
-    watch = commands.add_parser(
-        "watch", help="resume watching and downloading",
-        description="Follow the batch's jobs, log every status change, download outputs of final jobs "
-        "into succeeded/ and failed/; submit jobs a stopped `submit` left (submissions a crash cut "
-        "short are first looked for on the server, and a line says so). On a terminal a live footer "
-        "shows progress; piped, the output is plain lines (or JSON lines with --json). Returns when "
-        "every job is final and every output is downloaded (or as --exit-when says): exit code 0 if "
-        "every job is Done, 6 if not. Ctrl-C stops (exit 130), and so does a closed output pipe; state is "
-        "kept. A server outage is one line and is waited out, and so is a call unanswered for 3 minutes; "
-        "an expired grid proxy pauses everything until a fresh one appears; outputs still "
-        "missing 5 days after their job ended are warned about (DIRAC deletes them after about 7).")
-    add_engine_options(watch)
-    watch.set_defaults(func=cmd_watch)
-
-    status = commands.add_parser(
-        "status", help="summary and one line per job",
-        description="Print the summary line and, per job: local number, DIRAC id, name, status, minor "
-        "status, site, output folder (control characters in names escaped: \\n, \\t). Works while `watch` "
-        "runs; does not contact the server (a local batch shows what its site did, even with no `watch` "
-        "running). Warns on stderr about outputs not downloaded 5 days after their job ended.")
-    status.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    status.set_defaults(func=cmd_status)
-
-    resubmit = commands.add_parser(
-        "resubmit", help="submit failed jobs again, as new DIRAC jobs",
-        description="Submit failed jobs again from their stored description, as new DIRAC jobs, then "
-        "watch. Each keeps its local number; its DIRAC ids and attempts are kept (`grid status --json`), "
-        f"and the output of the attempt before is moved to {RETRIED_DIR}/<folder>.<attempt>/. A Done job "
-        "is refused unless --force is given.")
-    resubmit.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
-    resubmit.add_argument("--all", action="store_true", help="every failed job")
-    resubmit.add_argument("--reason", metavar="TEXT",
-                          help="the failed jobs whose reason (as `grid failures` shows it) contains TEXT")
-    resubmit.add_argument("--force", action="store_true",
-                          help="also resubmit jobs named by number that are Done")
-    resubmit.add_argument("--no-watch", action="store_true", help="return once the jobs are submitted")
-    add_engine_options(resubmit)
-    resubmit.set_defaults(func=cmd_resubmit)
-
-    kill = commands.add_parser(
-        "kill", help="kill jobs",
-        description="Kill jobs that are not final (asks first on a terminal). Works while `watch` runs: "
-        "the watch records the change. Jobs not submitted yet are not submitted. Says what it did in "
-        "one line, however many jobs.")
-    kill.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="local job numbers")
-    kill.add_argument("--all", action="store_true", help="every job that is not final")
-    kill.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
-    kill.set_defaults(func=cmd_kill)
-
-    reschedule = commands.add_parser(
-        "reschedule", help="run jobs again under the same DIRAC id",
-        description="DIRAC's reschedule: the jobs run again from the start with the same id (DIRAC "
-        f"limits how often). The output of the attempt before is moved to {RETRIED_DIR}/. Needs the "
-        "batch: stop `watch` first, and run `watch` after.")
-    reschedule.add_argument("jobs", nargs="+", type=job_number, metavar="JOB", help="local job numbers")
-    reschedule.add_argument("--yes", action="store_true", help="do not ask (needed without a terminal)")
-    reschedule.set_defaults(func=cmd_reschedule)
-
-    add_day_to_day_commands(commands)
+    for add_arguments, handler in COMMANDS:
+        summary, _, description = add_arguments.__doc__.partition("\n\n")
+        command = commands.add_parser(handler.__name__[4:], help=summary, description=description)
+        add_arguments(command)
+        command.set_defaults(func=handler)
 
     local_site = commands.add_parser("_local-site")   # a local batch's site process; not for users
     local_site.add_argument("folder")
     local_site.set_defaults(func=cmd_local_site)
     return parser
-
-
-def add_day_to_day_commands(commands: Any) -> None:
-    """failures, why, logs, export, list: read-only views of batches (logs may download one output)."""
-    failures = commands.add_parser(
-        "failures", help="failed jobs grouped by reason",
-        description="Group the batch's failed jobs (Failed, Killed, Deleted) by reason: status, minor status "
-        "and application status, which holds the exit code where DIRAC knows it. Per group: the count, the "
-        "sites, example job numbers and the command that resubmits the group. Works while `watch` runs; "
-        "does not contact the server.")
-    failures.add_argument("--json", action="store_true", help="one JSON document instead of text")
-    failures.set_defaults(func=cmd_failures)
-
-    why = commands.add_parser(
-        "why", help="everything known about one job",
-        description="Show one job: status history with times, minor and application status, exit code, site, "
-        "attempts and DIRAC ids, output folder, the last lines of its stdout, then the backend's own "
-        "history of it (DIRAC: JobMonitoring's getJobLoggingInfo, one call to the server). Works while "
-        "`watch` runs.")
-    why.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
-    why.add_argument("--offline", action="store_true",
-                     help="do not contact the server: leave DIRAC's logging info out")
-    why.set_defaults(func=cmd_why)
-
-    logs = commands.add_parser(
-        "logs", help="print a job's stdout (downloading its output if needed)",
-        description="Print a job's stdout: each step's application log (Script1_<name>.log), or std.out when "
-        "there is none (on the grid std.out is the job wrapper's log). If the output is not downloaded yet, "
-        "ask the server for the job's status and download it now into the folder `watch` would use; that "
-        "needs the batch, so it is refused while `watch` or `submit` holds it (they download it themselves).")
-    logs.add_argument("job", type=job_number, metavar="JOB", help="the job's local number (as in `status`)")
-    logs.add_argument("--file", metavar="NAME", help="print this file of the job's output folder instead "
-                      "(e.g. std.err, std.out)")
-    logs.set_defaults(func=cmd_logs)
-
-    lfns = commands.add_parser(
-        "lfns", help="the output data LFNs of the batch's jobs, one per line",
-        description="Print the LFN of every output data file the batch's jobs left on grid storage (found "
-        "when `watch` downloads their outputs, whatever --data says), one per line: the input of the next "
-        "batch's setInputData. Works while `watch` runs; does not contact the server.")
-    lfns.add_argument("jobs", nargs="*", type=job_number, metavar="JOB", help="only these jobs (local numbers)")
-    lfns.add_argument("--status", choices=sorted(FINAL), help="only jobs with this status, e.g. Done")
-    lfns.set_defaults(func=cmd_lfns)
-
-    export = commands.add_parser(
-        "export", help="every stored field of every job, as CSV or JSON",
-        description="Write one row per job with every field grid.py stores: CSV (lists in one cell: ids as "
-        "'12;15', history as 'Status ISO-time; ...') and/or a JSON array (fields as stored, times in unix "
-        "seconds). Works while `watch` runs.")
-    export.add_argument("--csv", metavar="FILE", help="write CSV to FILE ('-': the terminal)")
-    export.add_argument("--json", metavar="FILE", help="write JSON to FILE ('-': the terminal)")
-    export.set_defaults(func=cmd_export)
-
-    batches = commands.add_parser(
-        "list", help="the batches under a folder, with their summary lines",
-        description="Find batch directories (with .grid/db) under FOLDER and print one line per batch: its "
-        "path, summary line, backend, creation time and tag, and the command holding it if one runs. Hidden "
-        "folders and batches' succeeded/ and failed/ are not searched. Works while `watch` runs. Exit code 4 "
-        "if a batch could not be read.")
-    batches.add_argument("folder", nargs="?", metavar="FOLDER",
-                         help="where to look (default: the -C directory, else the current one)")
-    batches.add_argument("--depth", type=positive_int, default=LIST_DEPTH, metavar="N",
-                         help="folder levels below FOLDER to search (default: %(default)s)")
-    batches.add_argument("--json", action="store_true", help="a JSON array instead of text")
-    batches.set_defaults(func=cmd_list)
-
-    report = commands.add_parser(
-        "report", help="draw the batch as one HTML page with plots",
-        description="Write one self-contained HTML page (plots as SVG inside it: it needs no network and "
-        "no other file): the summary line and the batch's facts; the summary's columns over time; "
-        "throughput and the estimated time left; waiting and running times; Done and failed jobs per "
-        "site with their main failure reasons (the groups of `grid failures`); the attempts jobs needed "
-        "and the reasons retried or stopped. Each plot has its numbers in a table. Reads a snapshot: "
-        "works while `watch` runs (`watch --report` rewrites the page every minute); does not contact "
-        "the server.")
-    report.add_argument("-o", "--output", metavar="FILE",
-                        help=f"where to write the page (default: {REPORT_FILE} in the batch directory)")
-    report.set_defaults(func=cmd_report)
-
-
-def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--parallel", type=positive_int, default=DEFAULT_PARALLEL, metavar="N",
-                        help="submissions at once (default: %(default)s)")
-    parser.add_argument("--interval", type=positive_float, default=None, metavar="SECONDS",
-                        help="seconds between status sweeps (default: "
-                        + ", ".join(f"{k} {v:g}" for k, v in INTERVAL.items()) + ")")
-    parser.add_argument("--retries", type=non_negative_int, default=None, metavar="N",
-                        help="resubmit each failed job up to N times, except for a reason that fails "
-                        "more than half of all attempts (kept for later `watch`; default 0)")
-    parser.add_argument("--exit-when", choices=EXIT_WHEN, default="all-final",
-                        help="return when every job is final (default); as soon as one job has failed "
-                        "for good, since not all can be done (all-done); or at the first failure, "
-                        "retries or not (first-failure). Exit code 0 only if every job is Done, 6 if not")
-    parser.add_argument("--data", choices=DATA_CHOICES, default=None,
-                        help="which output data files (setOutputData) of final jobs to download into their "
-                        "folders: all (default) or none; kept in the batch, a later `watch --data` changes it. "
-                        "An output sandbox DIRAC put on grid storage for its size is always downloaded")
-    parser.add_argument("--data-pattern", default=None, metavar="GLOB",
-                        help="download only the output data files whose name matches GLOB (the whole LFN "
-                        "if GLOB has a '/'); kept in the batch like --data")
-    parser.add_argument("--json", action="store_true",
-                        help="one JSON object per line and event, instead of text; stdout carries "
-                        "nothing else (job files' prints, DIRAC's logs and warnings go to stderr)")
-    parser.add_argument("--report", action="store_true",
-                        help=f"keep {REPORT_FILE} in the batch directory up to date (`grid report`): "
-                        f"rewritten every {REPORT_EVERY:g} s while watching, and at the end")
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
 
 
 def main(argv: Optional[list[str]] = None) -> int:

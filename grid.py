@@ -3700,6 +3700,9 @@ def move_into_place(source: Path, dest: Path) -> None:
 # ==================================================================================================
 # Display
 # ==================================================================================================
+# What a run shows as it goes: plain lines (a file, a pipe, CI), a live footer on a terminal, or
+# JSON lines (--json). A display is the batch's Listener; the engine tells it when a run starts and
+# ends, and redraws the live footer.
 
 class Display(Listener):
     """The seed's output: a log line per status change and a summary line whenever counts change.

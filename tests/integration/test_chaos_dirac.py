@@ -384,12 +384,18 @@ class Lines:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.started, self.lines = time.monotonic(), []
-        self.reader = threading.Thread(target=self._read, args=(process.stdout,), daemon=True)
+        self.reader = threading.Thread(target=self._read, args=(process.stdout.fileno(),), daemon=True)
         self.reader.start()
 
-    def _read(self, stream) -> None:
-        for line in iter(stream.readline, b""):
-            self.lines.append((time.monotonic() - self.started, line.decode(errors="replace").rstrip("\n")))
+    def _read(self, fd: int) -> None:
+        """Plain blocking reads: in a process gevent has patched, the pipe's file object is gevent's,
+        which a second thread cannot wait on."""
+        os.set_blocking(fd, True)
+        pending = b""
+        while chunk := os.read(fd, 65536):
+            *whole, pending = (pending + chunk).split(b"\n")
+            now = time.monotonic() - self.started
+            self.lines.extend((now, line.decode(errors="replace")) for line in whole)
 
     def first(self, pattern: str):
         return next(((t, line) for t, line in self.lines if re.search(pattern, line)), None)

@@ -5,9 +5,12 @@
 runs grid.py's own command line (its job files, store, engine and display) with every backend
 replaced by InstantBackend: submissions are accepted at once, every status call moves each job it
 asks about one step along Received, Waiting, Running, Done, and an output is one small file. What is
-left to measure is grid.py itself (GRID_BENCH_NO_SYNC=1: without the syncs of each submission). On exit it prints one line to stderr:
+left to measure is grid.py itself (GRID_BENCH_NO_SYNC=1: without the syncs of each submission;
+GRID_BENCH_GRID=PATH: that grid.py instead of this one, e.g. an older commit's). On exit it prints
+one line to stderr:
 ``BENCH {"seconds": ..., "peak_rss_mb": ..., "stages": {...}}``.
 """
+import importlib.util
 import json
 import os
 import resource
@@ -15,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import grid  # noqa: E402  (after the path, on purpose)
+GRID_PY = Path(os.environ.get("GRID_BENCH_GRID") or Path(__file__).resolve().parent.parent / "grid.py")
+module_spec = importlib.util.spec_from_file_location("grid", GRID_PY)
+grid = sys.modules["grid"] = importlib.util.module_from_spec(module_spec)
+module_spec.loader.exec_module(grid)
 
 import gevent  # noqa: E402
 

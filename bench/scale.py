@@ -1,6 +1,6 @@
 """Scale of the store: batches of 1k, 10k and 100k jobs through grid.py's own commands.
 
-    python bench/scale.py [--sizes 1000,10000,100000] [--runs 3] [--keep DIR]
+    python bench/scale.py [--sizes 1000,10000,100000] [--runs 3] [--keep DIR] [--against OLD_GRID_PY]
 
 For each size, in a fresh batch directory: a job file that submits N trivial jobs with DIRAC's Job
 API; `submit --no-watch` with an instant backend (bench/instant.py: the server answers at once, so
@@ -9,7 +9,9 @@ only grid.py's own costs are left); `grid.py status` as users run it (no backend
 every job through Received, Waiting, Running to Done and downloads its output; then `grid.py report`
 draws the finished batch (goals at 100,000 jobs: under 10 s, a page under 5 MB). Wall time and peak
 RSS of each process are measured here (os.wait4), the stages of submit by the process itself.
-Prints a table per size and the growth ratios between sizes.
+Prints a table per size and the growth ratios between sizes. With --against (e.g. `git show
+main~5:grid.py > /tmp/old.py`), that grid.py submits the same job file too, in its own batch, right
+after this one at each size: its submit stages and the ratio old / new come from the same run.
 """
 import argparse
 import json
@@ -54,12 +56,13 @@ def run(argv: list, cwd: Path, env: dict = None) -> dict:
             "first": first_line.decode(errors="replace").rstrip("\n"), "bench": bench[-1] if bench else {}}
 
 
-def measure(n: int, root: Path, runs: int) -> dict:
+def measure(n: int, root: Path, runs: int, against: Path = None) -> dict:
     batch = root / f"batch-{n}"
     batch.mkdir()
     (batch / "jobs.py").write_text(JOB_FILE.format(n=n))
     python = sys.executable
     submit = run([python, str(INSTANT), "submit", "--no-watch", "jobs.py"], batch)
+    old_submit = submit_with(against, n, root) if against else None
     statuses = [run([python, str(GRID), "status"], batch) for _ in range(runs)]
     watch = run([python, str(INSTANT), "watch", "--interval", "0.05"], batch)
     after = [run([python, str(GRID), "status"], batch) for _ in range(runs)]
@@ -70,7 +73,18 @@ def measure(n: int, root: Path, runs: int) -> dict:
     if not done.endswith(expected):
         raise SystemExit(f"{n} jobs: watch did not finish every job: {done!r}")
     return {"n": n, "submit": submit, "status": statuses, "watch": watch, "status_done": after,
-            "report": report, "folder_mb": folder_mb(batch / ".grid" / "db")}
+            "report": report, "folder_mb": folder_mb(batch / ".grid" / "db"), "old_submit": old_submit}
+
+
+def submit_with(grid_py: Path, n: int, root: Path) -> dict:
+    """`submit --no-watch` of the same n jobs by another grid.py (bench/instant.py loads it), in its own batch."""
+    batch = root / f"old-batch-{n}"
+    batch.mkdir()
+    (batch / "jobs.py").write_text(JOB_FILE.format(n=n))
+    result = run([sys.executable, str(INSTANT), "submit", "--no-watch", "jobs.py"], batch,
+                 {**os.environ, "GRID_BENCH_GRID": str(grid_py)})
+    shutil.rmtree(batch)
+    return result
 
 
 def sync_cost(n: int, root: Path) -> tuple:
@@ -113,6 +127,16 @@ def report(results: list) -> None:
     print("status: median after submit (jobs Received); status*: median after watch (jobs Done, longer "
           "histories); summary at: when status's summary line arrived; in flight: most submissions at once;\n"
           "report: `grid.py report` of the finished batch (goals at 100,000 jobs: < 10 s, page < 5 MB)")
+    if results[0]["old_submit"]:
+        print("\nsubmit, side by side: this grid.py / the --against one (times in s)")
+        print("  ".join(f"{h:>12}" for h in ("jobs", "job files", "engine", "engine old", "engine x",
+                                               "submit", "submit old")))
+        for r in results:
+            new, old = r["submit"], r["old_submit"]
+            row = (r["n"], new["bench"]["stages"]["job files"], new["bench"]["stages"]["engine"],
+                   old["bench"]["stages"]["engine"],
+                   old["bench"]["stages"]["engine"] / new["bench"]["stages"]["engine"], new["wall"], old["wall"])
+            print("  ".join(f"{v:>12}" if isinstance(v, int) else f"{v:>12.2f}" for v in row))
     if len(results) < 2:
         return
     print("\ngrowth from one size to the next (linear = the ratio of sizes)")
@@ -139,6 +163,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--runs", type=int, default=3, help="status runs per size (median)")
     parser.add_argument("--keep", metavar="DIR", help="make the batches in DIR and keep them")
+    parser.add_argument("--against", metavar="GRID_PY", type=Path, help="another grid.py to submit side by side")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     root = Path(args.keep or tempfile.mkdtemp(prefix="grid-bench-scale-"))
@@ -149,7 +174,7 @@ def main() -> int:
     try:
         for n in sizes:
             started = time.perf_counter()
-            results.append(measure(n, root, args.runs))
+            results.append(measure(n, root, args.runs, args.against and args.against.resolve()))
             print(f"  {n} jobs measured in {time.perf_counter() - started:.0f} s", flush=True)
         sync_n = min(10_000, max(sizes))
         synced, unsynced = sync_cost(sync_n, root)
@@ -157,9 +182,9 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
     report(results)
-    print(f"\nsubmit engine for {sync_n} jobs, side by side: {synced:.2f} s with the two synced writes "
-          f"per job (the tag before the call, the id after), {unsynced:.2f} s without them "
-          f"(x{synced / unsynced:.1f}); {(synced - unsynced) / sync_n / 2 * 1000:.2f} ms per synced write")
+    print(f"\nsubmit engine for {sync_n} jobs, side by side: {synced:.2f} s with the synced writes of "
+          f"exactly-once (the tag before the call, the id after; concurrent submissions share a sync), "
+          f"{unsynced:.2f} s without them (x{synced / unsynced:.1f})")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -369,8 +369,8 @@ class SlowThreadedBackend(ScriptedBackend):
 
 
 def test_a_resubmitted_job_is_submitted_once_even_when_calls_overlap(batch):
-    backend = SlowThreadedBackend(end=lambda i: grid.FAILED if i == 1001 else grid.DONE)
-    engine = make_engine(batch, 4, backend)
+    backend = SlowThreadedBackend(end=lambda i: grid.FAILED if backend.server[i] == "grid-test.1.1" else grid.DONE)
+    engine = make_engine(batch, 4, backend)             # (the 4 calls overlap: which comes first varies)
     engine.run()
     assert engine.batch.jobs[1].failed
     engine = grid.Engine(engine.batch.store, backend, grid.Display(io.StringIO()), batch, interval=0.001)
@@ -378,7 +378,95 @@ def test_a_resubmitted_job_is_submitted_once_even_when_calls_overlap(batch):
     jobs = engine.run()
     engine.batch.store.close()
     assert backend.submitted.count("grid-test.1.2") == 1
-    assert jobs[1].ids == [1001, 1005] and jobs[1].attempts == 2 and jobs[1].status == grid.DONE
+    first = next(job_id for job_id, tag in backend.server.items() if tag == "grid-test.1.1")
+    assert jobs[1].ids == [first, 1005] and jobs[1].attempts == 2 and jobs[1].status == grid.DONE
+
+
+class SyncedWrites:
+    """The engine's database, counting its synced writes and keeping what each last wrote per key:
+    what would be left on disk if the machine went down now."""
+
+    def __init__(self, db):
+        self.db, self.syncs, self.on_disk = db, 0, {}
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def put(self, key, value, sync=False):
+        self.db.put(key, value, sync=sync)
+        self.synced({key: value}, sync)
+
+    def write_batch(self, transaction=False, sync=False):
+        return RecordedBatch(self, sync)
+
+    def synced(self, pairs, sync):
+        if sync:
+            self.syncs += 1
+            self.on_disk.update(pairs)
+
+    def record(self, num):
+        return grid.Job.from_record(self.on_disk[grid.job_key(num)])
+
+
+class RecordedBatch(dict):
+    def __init__(self, db, sync):
+        super().__init__()
+        self.db, self.sync = db, sync
+
+    put = dict.__setitem__
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            with self.db.db.write_batch(transaction=True, sync=self.sync) as batch:
+                for key, value in self.items():
+                    batch.put(key, value)
+            self.db.synced(self, self.sync)
+
+
+class DiskCheckingBackend(SlowThreadedBackend):
+    """Notes every submission whose tag was not on disk, synced, when its call was sent."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.disk, self.unsynced = None, []
+
+    def submit(self, spec, tag):
+        num = int(tag.split(".")[-2])
+        if grid.job_key(num) not in self.disk.on_disk or self.disk.record(num).intent != tag:
+            self.unsynced.append(tag)
+        return super().submit(spec, tag)
+
+
+def test_concurrent_submissions_share_syncs_and_each_tag_is_on_disk_before_its_call(batch):
+    backend = DiskCheckingBackend()
+    engine = make_engine(batch, 200, backend, parallel=64)
+    backend.disk = engine.batch.store.db = SyncedWrites(engine.batch.store.db)
+    jobs = engine.run(watch=False)
+    engine.batch.store.close()
+    assert len(backend.server) == 200 and backend.unsynced == []
+    assert backend.disk.syncs < 2 * 200 / 10                   # one sync per job and call before
+    assert all(backend.disk.record(num).dirac_id == job.dirac_id > 0 for num, job in jobs.items())
+
+
+def test_a_submission_counted_as_done_has_its_id_on_disk(batch):
+    backend = DiskCheckingBackend()
+    engine = make_engine(batch, 20, backend, parallel=8)
+    disk = backend.disk = engine.batch.store.db = SyncedWrites(engine.batch.store.db)
+    record = engine.batch.record_submission
+    unsynced_ids = []
+
+    def recorded_then_checked(job, job_id, save=True):
+        record(job, job_id, save)
+        if save and disk.record(job.num).dirac_id != job_id:
+            unsynced_ids.append(job.num)
+
+    engine.batch.record_submission = recorded_then_checked
+    engine.run(watch=False)
+    engine.batch.store.close()
+    assert len(backend.server) == 20 and backend.unsynced == [] and unsynced_ids == []
 
 
 def test_retries_stop_at_n_and_keep_every_attempt(batch):

@@ -609,8 +609,9 @@ ONE_LINE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
 
 
 def one_line(text: str) -> str:
-    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b)."""
-    return text.translate(ONE_LINE)
+    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b).
+    Most text has none: isprintable() says so ten times faster than translate() finds nothing."""
+    return text if text.isprintable() else text.translate(ONE_LINE)
 
 
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
@@ -5335,11 +5336,12 @@ def print_status_lines(batch_dir: Path) -> int:
             rows: Iterable = (tuple(getattr(job, f) for f in Job.FIELDS) for job in jobs.values())
         else:
             rows = store.job_rows()
+        column = COLUMN_OF.get                   # (column_of, without a call per job)
         for num, name, status, minor, _, site, dirac_id, _, _, _, output, error, *_ in rows:
-            counts[column_of(status)] += 1
+            counts[column(status, 1)] += 1
             lines.append(f"#{num}\t{dirac_id or '-'}\t{one_line(name)}\t{status}\t{one_line(minor) or '-'}\t"
                          f"{one_line(site or '') or '-'}\t{output or '-'}" + (f"\t{one_line(error)}" if error else ""))
-            if dirac_id and not output and is_final(status):
+            if dirac_id and not output and status in FINAL:
                 unfetched.append(num)
         warn_outputs_at_risk([store.job(num) for num in unfetched], meta)
     sys.stdout.write("\n".join([summary_line(counts), *lines]) + "\n")

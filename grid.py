@@ -826,6 +826,8 @@ class Store:
 
     @plyvel_errors_converted
     def close(self) -> None:
+        if self.owned and not self.creating and not self.db.closed:
+            self.compact_jobs()
         if not self.db.closed:
             self.db.close()
         if self.creating:                      # stopped before the batch was whole: no batch at all
@@ -833,6 +835,15 @@ class Store:
         if self.owned:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
+
+    def compact_jobs(self) -> None:
+        """Leave the job records compacted for the readers of every job. LevelDB compacts in a thread
+        of the process that holds the database, so a writer that ends leaves the work it had not
+        done yet; each `status` then does it again on its snapshot's copy while reading the records
+        (0.4 s of CPU at 100,000 jobs), work thrown away with the copy. The records sort before the
+        specs, so this rewrites little more than what changed; a failure leaves the batch as it was."""
+        with contextlib.suppress(plyvel.Error):
+            self.db.compact_range(start=b"job/", stop=b"job0")
 
     @plyvel_errors_converted
     def check_format(self, upgrade: bool = False) -> None:

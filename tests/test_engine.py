@@ -447,7 +447,9 @@ def test_concurrent_submissions_share_syncs_and_each_tag_is_on_disk_before_its_c
     jobs = engine.run(watch=False)
     engine.batch.store.close()
     assert len(backend.server) == 200 and backend.unsynced == []
-    assert backend.disk.syncs < 2 * 200 / 10                   # one sync per job and call before
+    # one sync per job and call before; now the tags of a wave share one, and the ids that come back
+    # while the loop is busy share one (how many come together depends on the threads' timing)
+    assert backend.disk.syncs < 2 * 200 / 4
     assert all(backend.disk.record(num).dirac_id == job.dirac_id > 0 for num, job in jobs.items())
 
 

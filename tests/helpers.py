@@ -24,6 +24,16 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def parametric_job_file(arguments: str = "%(args)s") -> str:
+    """A job file of one parametric job over the values 1, 2, 3: jobs p-1, p-2, p-3 that echo
+    `arguments` with %(args)s standing for their value."""
+    return ("j = Job()\n"
+            'j.setName("p-%(args)s")\n'
+            f'j.setExecutable("echo", arguments="{arguments}")\n'
+            'j.setParameterSequence("args", ["1", "2", "3"], addToWorkflow=True)\n'
+            "submit(j)\n")
+
+
 def step_stdout(folder: Path, step: int = 1) -> str:
     """What step N of a job printed on stdout, from its application log (Script<N>_<name>.log) as
     DIRAC's Script module writes it: a header, the output, a space, then any stderr section."""

@@ -8,17 +8,11 @@ from pathlib import Path
 import pytest
 
 import grid
-from helpers import EXAMPLES, BundlingBackend, Crash, write
+from helpers import EXAMPLES, BundlingBackend, Crash, parametric_job_file, write
 
 FAST = ("--interval", "0.1")
 
-ECHO = """
-j = Job()
-j.setName("p-%(args)s")
-j.setExecutable("echo", arguments="%(args)s")
-j.setParameterSequence("args", ["1", "2", "3"], addToWorkflow=True)
-submit(j)
-"""
+ECHO = parametric_job_file()
 
 
 def load(batch: Path, text: str) -> grid.SpecSpool:
@@ -137,12 +131,13 @@ def test_sequences_of_different_lengths_are_a_job_file_error(batch, run_grid):
 # -- the local backend, end to end -----------------------------------------------------------------
 
 def test_dry_run_lists_every_job_of_the_sequence(batch, run_grid):
+    """Each job is listed with the line of its submit() (the fifth of the file) and its value."""
     write(batch / "jobs.py", ECHO)
     result = run_grid("submit", "--dry-run", "--backend", "local", "jobs.py")
     assert result.returncode == 0, result.stderr
     assert "dry run: 3 job(s) would be submitted" in result.stdout
     for n in (1, 2, 3):
-        assert f"#{n} p-{n}  [jobs.py:6, parameter set {n} of 3]\n    run: echo {n}\n" in result.stdout
+        assert f"#{n} p-{n}  [jobs.py:5, parameter set {n} of 3]\n    run: echo {n}\n" in result.stdout
 
 
 def test_the_parametric_example_is_three_jobs(run_grid):

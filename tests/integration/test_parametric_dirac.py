@@ -3,17 +3,11 @@ import json
 
 import pytest
 
-from helpers import lab_grid as grid, lab_status as status, write
+from helpers import lab_grid as grid, lab_status as status, parametric_job_file, write
 
 pytestmark = pytest.mark.integration
 
-JOBS = """
-j = Job()
-j.setName("p-%(args)s")
-j.setExecutable("echo", arguments="value %(args)s")
-j.setParameterSequence("args", ["1", "2", "3"], addToWorkflow=True)
-submit(j)
-"""
+JOBS = parametric_job_file("value %(args)s")
 
 
 def server_jobs(lab, tag: str) -> dict:

@@ -83,7 +83,11 @@ spawn() {
     # setsid: own session and process group (PID = PGID), so 'down' also ends the children (job payloads);
     # ip netns exec and env exec, so the recorded PID is the DIRAC process itself.
     ( cd "$cwd" && exec setsid ip netns exec "$NS" env -i "${envs[@]}" "${vars[@]}" "$@" ) >> "$log" 2>&1 < /dev/null &
-    printf '%s\n%s\n' "$!" "$match" > "$LAB/run/$name.pid"
+    local pid=$! i
+    printf '%s\n%s\n' "$pid" "$match" > "$LAB/run/$name.pid"
+    # Until the subshell has exec'd, /proc/PID/cmdline is this script's and 'alive' says no: wait for the
+    # exec (up to 10 s on a loaded machine), so that 'alive' right after a spawn means what it says.
+    for i in $(seq 1 200); do alive "$name" && break; kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
 }
 
 stop_proc() { # name
@@ -360,7 +364,9 @@ wan_on() {
         # up to 30 s: on a loaded machine (several labs on 2 cores) its imports alone can take 5 s
         for i in $(seq 1 300); do grep -q "^delaying" "$LAB/logs/nfq_delay.log" && break; alive nfq_delay || break; sleep 0.1; done
         grep -q "^delaying" "$LAB/logs/nfq_delay.log" ||
-            { stop_proc nfq_delay > /dev/null; die "nfq_delay.py did not start, see $LAB/logs/nfq_delay.log"; }
+            { stop_proc nfq_delay > /dev/null
+              die "nfq_delay.py did not start; the end of $LAB/logs/nfq_delay.log:
+$(tail -n 15 "$LAB/logs/nfq_delay.log")"; }
     fi
     ip netns exec "$NS" iptables -C OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass 2>/dev/null ||
         ip netns exec "$NS" iptables -A OUTPUT -o lo -j NFQUEUE --queue-num 0 --queue-bypass

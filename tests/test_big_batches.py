@@ -154,3 +154,32 @@ def test_records_of_every_store_format_show_the_same_in_status_and_warn_from_the
     assert [(j["ids"], j["history"], j["past"]) for j in data[2:]] == \
         [([70, 73], [["Submitting", 1.0], ["Failed", 1.0]], []), ([74], [["Waiting", 5.0]], [{"id": 9, "status": "Failed"}])]
     assert grid.Job.from_record(jobs[1].to_record()) == jobs[1]
+
+
+def test_a_format_3_batch_shows_the_same_status_before_and_after_a_writer_adds_its_status_lines(batch, run_grid):
+    """Format 4 keeps each job's status line beside its record. A format 3 batch has none: `status`
+    makes them from the records until a writer (any command that opens the batch) adds them."""
+    (batch / ".grid").mkdir()
+    jobs = [grid.Job(num=1, name="a", status="Running", site="LCG.A.ch", dirac_id=81, ids=[81]),
+            grid.Job(num=2, name="b\tc", status="Failed", minor="Job stalled", dirac_id=82, ids=[82],
+                     output="failed/00002_b_c", error="exit code 3")]
+    db = plyvel.DB(str(batch / ".grid" / "db"), create_if_missing=True)
+    for job in jobs:
+        db.put(grid.job_key(job.num), job.to_record())
+        db.put(grid.spec_key(job.num), grid.JobSpec(job.name, "[]", "", [], [], []).to_bytes())
+    db.put(b"meta", json.dumps({"tag": "grid-old", "backend": "dirac", "format": 3}).encode())
+    db.close()
+    expected = ["S:   0\tR:   0\tW:   0\tM:   0\tR:   1\tD:   0\tF:   1",
+                "#1\t81\ta\tRunning\t-\tLCG.A.ch\t-",
+                "#2\t82\tb\\tc\tFailed\tJob stalled\t-\tfailed/00002_b_c\texit code 3"]
+    before = run_grid("status")
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.splitlines() == expected
+    grid.Store.open(batch, "watch").close()
+    db = plyvel.DB(str(batch / ".grid" / "db"))
+    try:
+        assert json.loads(db.get(b"meta"))["format"] == grid.STORE_FORMAT == 4
+        assert list(db.iterator(prefix=b"line/", include_key=False)) == [grid.status_entry(job) for job in jobs]
+    finally:
+        db.close()
+    assert run_grid("status").stdout.splitlines() == expected

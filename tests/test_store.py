@@ -10,7 +10,7 @@ import plyvel
 import pytest
 
 import grid
-from helpers import EXAMPLES, ROOT, new_batch
+from helpers import EXAMPLES, ROOT, ScriptedBackend, make_engine, new_batch
 
 HOLD = """
 import sys, time
@@ -151,3 +151,27 @@ def test_a_batch_is_left_with_its_job_records_compacted_so_status_has_nothing_to
                                                                                          include_key=False)))
     finally:
         db.close()
+
+
+def test_the_status_line_beside_each_record_stays_in_step_with_it_through_a_run(batch, run_grid):
+    """`status` prints the lines the store keeps beside the records: after every kind of change a run
+    makes (statuses, sites, folders, download errors, a name with a tab), each is the record's line."""
+    backend = ScriptedBackend(end=lambda i: grid.FAILED if i % 3 == 0 else grid.DONE,
+                              fetch_failures=lambda i: 99 if i == 1002 else 0)
+    engine = make_engine(batch, ["plain", "tab\there", "new\nline", "ünïcode", "five", "six"], backend)
+    jobs = engine.run()
+    engine.batch.store.close()
+    db = plyvel.DB(str(batch / ".grid" / "db"))
+    try:
+        records = [grid.Job.from_record(raw) for raw in db.iterator(prefix=b"job/", include_key=False)]
+        entries = list(db.iterator(prefix=b"line/", include_key=False))
+    finally:
+        db.close()
+    assert entries == [grid.status_entry(job) for job in records]
+    assert {job.status for job in records} == {grid.DONE, grid.FAILED} and jobs[2].error
+    lines = run_grid("status").stdout.splitlines()
+    assert lines[0] == "S:   0\tR:   0\tW:   0\tM:   0\tR:   0\tD:   4\tF:   2"
+    assert lines[1:] == [grid.status_line(job) for job in records]
+    assert lines[2].split("\t")[2] == "tab\\there" and lines[3].split("\t")[2] == "new\\nline"
+    assert lines[4].split("\t")[2] == "ünïcode"
+    assert lines[2].endswith("\t" + grid.one_line(jobs[2].error))

@@ -343,3 +343,44 @@ def test_list_keeps_one_line_per_batch_whatever_the_folder_is_called(tmp_path, r
     listed = run_grid("list", cwd=tmp_path).stdout.splitlines()
     assert len(listed) == 1 and listed[0].startswith("run\\none\t")
     assert json.loads(run_grid("list", "--json", cwd=tmp_path).stdout)[0]["path"] == "run\none"
+
+
+# -- the end of a command ------------------------------------------------------------------------------
+
+ENDING = r'''
+import atexit, sys
+sys.path.insert(0, {root!r})
+import grid
+
+class Finalized:
+    def __del__(self):
+        sys.stdout.write("finalized\n")
+        sys.stdout.flush()
+
+grid.left_to_finalize = Finalized()          # its __del__ runs only if Python finalizes the module
+atexit.register(lambda: sys.stdout.write("atexit ran\n"))
+sys.argv = ["grid", *{argv!r}]
+grid.run()
+'''
+
+
+@pytest.mark.parametrize("argv, gevent_ran", [(["submit", "--backend", "local", "--no-watch", "jobs.py"], True),
+                                              (["status"], False)])
+def test_a_command_that_ran_gevent_ends_without_finalizing_python(batch, argv, gevent_ran):
+    """Daemon threads with gevent loops of their own (DIRAC's scheduler, gevent's threadpool) that
+    wake up while Python finalizes crash the process with a segfault after its work is done. A
+    command that ran gevent ends with os._exit once its output is flushed and atexit has run."""
+    jobs_file(batch, 2)
+    if not gevent_ran:
+        subprocess.run(grid_cmd("submit", "--backend", "local", "--no-watch", "jobs.py"), cwd=batch, check=True,
+                       capture_output=True)
+    code = ENDING.format(root=str(Path(grid.__file__).parent), argv=argv)
+    result = subprocess.run([sys.executable, "-c", code], cwd=batch, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "atexit ran" in lines
+    assert ("finalized" in lines) is not gevent_ran, result.stdout
+    if gevent_ran:
+        assert "2 of 2 job(s) submitted" in result.stdout
+    else:
+        assert lines[0].startswith("S:") and len([line for line in lines if line.startswith("#")]) == 2

@@ -10,9 +10,10 @@ wall time and CPU time (user + system) of each, and the ratio old / new. Without
 this grid.py. CPU time is the steadier figure on a busy machine; it includes LevelDB's own
 background thread (a snapshot of a batch whose writer left compactions undone redid them).
 
-Last run (--runs 5, --against the grid.py of 88b7f60; load average 1 to 2 on 2 cores): wall
-0.90 / 0.92 s now against 1.46 / 1.98 s before (after submit / after watch), CPU 0.84 / 0.84 s
-against 1.67 / 2.33 s: 1.6x / 2.2x wall, 2.0x / 2.8x CPU. The goal of 0.5 s is not met.
+Last run (--runs 5, --against the grid.py of 88b7f60; load average 0.3 to 0.8 on 2 cores): wall
+0.30 / 0.40 s now against 1.24 / 1.25 s before (after submit / after watch), CPU 0.30 / 0.40 s
+against 1.82 / 2.10 s: 4.1x / 3.1x wall, 6.1x / 5.2x CPU. The goal of 0.5 s is met: since store
+format 4 `status` prints each job's line as the store keeps it, ready, beside the job's record.
 """
 import argparse
 import importlib.util

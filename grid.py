@@ -2826,17 +2826,6 @@ def signal_job(state: dict, sig: int) -> None:
             os.killpg(pgid, sig)
 
 
-def job_processes_alive(state: dict) -> bool:
-    pgid = state.get("pgid")
-    if not pgid or process_start(pgid) != state.get("pstart"):
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except OSError:
-        return False
-    return True
-
-
 @dataclass
 class SiteJob:
     """A job the site runs: it holds a CPU slot from Matched until it is final."""
